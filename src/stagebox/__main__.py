@@ -1,0 +1,3 @@
+from stagebox.cli import main
+
+main()

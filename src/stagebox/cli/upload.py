@@ -1,0 +1,143 @@
+"""``stagebox upload``: send a folder tree; every file ends verified, skipped or failed."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from stagebox.client.api import StageboxClient
+from stagebox.client.journal import Journal
+from stagebox.client.progress import ProgressEvent
+from stagebox.client.scan import STRUCTURES, ScanRules, scan
+from stagebox.client.uploader import Uploader, UploadOptions, UploadReport
+from stagebox.errors import ConfigError
+
+
+class RichProgress:
+    """Total bytes, files, rate and ETA, plus one line per active large file."""
+
+    def __init__(self, console: Console, detail_bytes: int) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._detail = detail_bytes
+        self._lock = threading.Lock()
+        self._total = self.progress.add_task("total", total=0)
+        self._files: dict[Path, TaskID] = {}
+        self._planned = 0
+        self._done = 0
+
+    def __call__(self, event: ProgressEvent) -> None:
+        with self._lock:
+            p = self.progress
+            if event.kind == "planned":
+                self._planned += event.files
+                total = (p.tasks[self._total].total or 0) + event.nbytes
+                p.update(self._total, total=total)
+            elif event.kind == "started" and event.file and event.file.size > self._detail:
+                self._files[event.file.path] = p.add_task(
+                    f"  {event.file.display}", total=event.file.size
+                )
+            elif event.kind == "advanced" and event.file:
+                p.advance(self._total, event.nbytes)
+                if (task := self._files.get(event.file.path)) is not None:
+                    p.advance(task, event.nbytes)
+            elif event.kind == "finished" and event.file:
+                if event.result and event.result.state != "skipped":
+                    self._done += 1
+                if (task := self._files.pop(event.file.path, None)) is not None:
+                    p.remove_task(task)
+            p.update(self._total, description=f"files {self._done}/{self._planned}")
+
+
+def render(report: UploadReport, console: Console) -> None:
+    failed = [r for r in report.results if r.state == "failed"]
+    if failed:
+        table = Table("failed file", "error", title="failures", title_justify="left")
+        for r in failed[:50]:
+            table.add_row(r.file.display, r.error or "")
+        if len(failed) > 50:
+            table.add_row(f"... and {len(failed) - 50} more", "")
+        console.print(table)
+    totals = report.to_json()["totals"]
+    assert isinstance(totals, dict)
+    summary = Table("files", "verified", "skipped", "failed", "bytes sent", "seconds")
+    summary.add_row(
+        *(
+            str(totals[k])
+            for k in ("files", "verified", "skipped", "failed", "bytes_sent", "seconds")
+        )
+    )
+    console.print(summary)
+
+
+def upload(
+    src: Annotated[Path, typer.Argument(help="folder to upload")],
+    server: Annotated[str, typer.Option(help="server URL, e.g. https://stagebox.example.org")],
+    token: Annotated[
+        str | None, typer.Option(envvar="STAGEBOX_TOKEN", help="API token (or STAGEBOX_TOKEN)")
+    ] = None,
+    structure: Annotated[
+        str, typer.Option(help=f"folder structure: {' | '.join(STRUCTURES)}")
+    ] = "dataset",
+    dataset: Annotated[str | None, typer.Option(help="SRC itself is this dataset")] = None,
+    include: Annotated[list[str] | None, typer.Option(help="only files matching GLOB")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="skip files matching GLOB")] = None,
+    min_age: Annotated[
+        float, typer.Option(help="ignore files modified in the last MINUTES", min=0)
+    ] = 0.0,
+    threads: Annotated[int, typer.Option(help="files in flight", min=1, max=64)] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON report")] = False,
+    cacert: Annotated[Path | None, typer.Option(help="CA bundle to trust for TLS")] = None,
+) -> None:
+    """Upload SRC; exit 0 only when every file ends verified or skipped."""
+    if not token:
+        raise ConfigError("no token: pass --token or set STAGEBOX_TOKEN")
+    rules = ScanRules(
+        structure=structure,
+        dataset=dataset,
+        include=include or (),
+        exclude=exclude or (),
+        min_age_minutes=min_age,
+    )
+    options = UploadOptions(threads=threads)
+    client = StageboxClient(
+        server, token, threads=threads, verify_tls=str(cacert) if cacert else True
+    )
+    journal = Journal.for_server(server)
+    console = Console(stderr=True)
+    try:
+        if as_json:
+            report = Uploader(client, journal, options).run(scan(src, rules))
+            sys.stdout.write(json.dumps(report.to_json()) + "\n")
+        else:
+            bars = RichProgress(console, options.small_file_bytes)
+            with bars.progress:
+                report = Uploader(client, journal, options, progress=bars).run(scan(src, rules))
+            render(report, Console())
+    finally:
+        client.close()
+        journal.close()
+    raise typer.Exit(0 if report.ok else 1)

@@ -1,0 +1,136 @@
+"""A thin, retrying client of the stagebox HTTP API."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+
+from stagebox.errors import AuthError, ConfigError, ConnectionFailed, ServerError
+from stagebox.transports.http import TUS_HEADERS, raise_for_status
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRYABLE_STATUS = {423, 500, 502, 503, 504}
+
+
+def retryable(exc: Exception) -> bool:
+    if isinstance(exc, ConnectionFailed):
+        return True
+    return isinstance(exc, ServerError) and exc.status in RETRYABLE_STATUS
+
+
+class Backoff:
+    """Exponential backoff with jitter; ``attempts`` tries in all."""
+
+    def __init__(self, attempts: int = 10, base: float = 0.25, cap: float = 5.0) -> None:
+        self.attempts = attempts
+        self.base = base
+        self.cap = cap
+
+    def delays(self) -> list[float]:
+        return [
+            min(self.cap, self.base * 2**i) * (0.5 + random.random() / 2)
+            for i in range(self.attempts - 1)
+        ]
+
+    def run(self, fn: Callable[[], T], what: str) -> T:
+        delays = self.delays()
+        for delay in [*delays, None]:
+            try:
+                return fn()
+            except Exception as exc:
+                if delay is None or not retryable(exc):
+                    raise
+                log.info("%s failed (%s); retrying in %.1fs", what, exc, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+class StageboxClient:
+    """Talks to one server with one token; safe to share between threads."""
+
+    def __init__(
+        self,
+        server: str,
+        token: str,
+        *,
+        threads: int = 5,
+        backoff: Backoff | None = None,
+        verify_tls: bool | str = True,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not token:
+            raise ConfigError("no token: pass --token or set STAGEBOX_TOKEN")
+        self.server = server.rstrip("/")
+        self.backoff = backoff or Backoff()
+        limits = httpx.Limits(
+            max_connections=threads * 2 + 2, max_keepalive_connections=threads * 2
+        )
+        self.http = httpx.Client(
+            base_url=self.server,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(60.0, connect=10.0),
+            limits=limits,
+            verify=verify_tls,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        def once() -> httpx.Response:
+            try:
+                response = self.http.request(method, url, **kwargs)
+            except httpx.TransportError as exc:
+                raise ConnectionFailed(f"{method} {url}: {exc}") from exc
+            if response.status_code == 401:
+                raise AuthError("the server refused the token (unknown or revoked)")
+            raise_for_status(response)
+            return response
+
+        return self.backoff.run(once, f"{method} {url}")
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/api/v1/health").json()
+        return result
+
+    def register(self, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        answer = self._request("POST", "/api/v1/datafiles/batch", json={"files": files})
+        result: list[dict[str, Any]] = answer.json()["files"]
+        return result
+
+    def complete(self, datafile_id: int, digests: dict[str, str]) -> dict[str, Any]:
+        body = {"sha256": digests["sha256"], "md5": digests.get("md5")}
+        result: dict[str, Any] = self._request(
+            "POST", f"/api/v1/datafiles/{datafile_id}/complete", json=body
+        ).json()
+        return result
+
+    def bundle(self, body: bytes, content_type: str) -> list[dict[str, Any]]:
+        answer = self._request(
+            "POST",
+            "/api/v1/datafiles/bundle",
+            content=body,
+            headers={"Content-Type": content_type},
+        )
+        result: list[dict[str, Any]] = answer.json()["files"]
+        return result
+
+    def terminate(self, upload_url: str) -> None:
+        self._request("DELETE", upload_url, headers=TUS_HEADERS)
+
+    def get(self, datafile_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/api/v1/datafiles/{datafile_id}").json()
+        return result
+
+    def list(self, **params: Any) -> dict[str, Any]:
+        query = {k: v for k, v in params.items() if v is not None}
+        result: dict[str, Any] = self._request("GET", "/api/v1/datafiles", params=query).json()
+        return result

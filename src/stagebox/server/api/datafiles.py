@@ -1,0 +1,128 @@
+"""Datafile routes: register in batches, complete, list, read back, bundles."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from stagebox.errors import Conflict, InvalidInput, LengthExceeded
+from stagebox.server.api.streaming import pump
+from stagebox.server.db.models import ReplicaState
+from stagebox.server.deps import BaseUrlDep, CtxDep, UploaderDep
+from stagebox.server.schemas import (
+    BatchAnswer,
+    BatchRegister,
+    BundleAnswer,
+    CompleteRequest,
+    DatafilePage,
+    DatafilePublic,
+)
+from stagebox.server.services import bundles, datafiles
+
+router = APIRouter(prefix="/api/v1/datafiles", tags=["datafiles"])
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@router.post("/batch")
+def register_batch(
+    body: BatchRegister, ctx: CtxDep, uploader: UploaderDep, base: BaseUrlDep
+) -> BatchAnswer:
+    """Register up to 1,000 files; each answer says skip or where to upload from."""
+    with ctx.catalog.session() as session:
+        answers = datafiles.register_batch(ctx, session, uploader, body.files, base)
+    return BatchAnswer(files=answers)
+
+
+@router.post("/bundle", response_model=BundleAnswer)
+async def upload_bundle(request: Request, ctx: CtxDep, uploader: UploaderDep) -> BundleAnswer:
+    """Upload many registered small files in one body (see services.bundles)."""
+    if request.headers.get("content-type") != bundles.CONTENT_TYPE:
+        raise InvalidInput("Content-Type", f"must be {bundles.CONTENT_TYPE}")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > ctx.settings.max_bundle_bytes:
+        raise LengthExceeded(f"a bundle may hold at most {ctx.settings.max_bundle_bytes} bytes")
+    receiver = bundles.BundleReceiver(ctx, uploader)
+    try:
+        await pump(request, receiver.feed)
+    except BaseException:
+        receiver.abort()
+        raise
+    return BundleAnswer(files=await run_in_threadpool(receiver.finish))
+
+
+@router.post("/{datafile_id}/complete")
+def complete(
+    datafile_id: int, body: CompleteRequest, ctx: CtxDep, uploader: UploaderDep
+) -> DatafilePublic:
+    """Declare the client's digests; the answer carries the resulting state."""
+    return datafiles.complete(ctx, uploader, datafile_id, body.sha256, body.md5)
+
+
+@router.get("")
+def list_datafiles(
+    ctx: CtxDep,
+    uploader: UploaderDep,
+    dataset: str | None = None,
+    state: str | None = None,
+    cursor: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+) -> DatafilePage:
+    with ctx.catalog.session() as session:
+        return datafiles.list_datafiles(
+            session, uploader, dataset=dataset, state=state, cursor=cursor, limit=limit
+        )
+
+
+@router.get("/{datafile_id}")
+def get_datafile(
+    datafile_id: int, ctx: CtxDep, uploader: UploaderDep, base: BaseUrlDep
+) -> DatafilePublic:
+    with ctx.catalog.session() as session:
+        return datafiles.public(datafiles.get_owned(session, uploader, datafile_id), base)
+
+
+@router.get("/{datafile_id}/content")
+def content(datafile_id: int, request: Request, ctx: CtxDep, uploader: UploaderDep) -> Response:
+    """Stream the stored bytes; a single ``Range: bytes=a-b`` is honoured."""
+    with ctx.catalog.session() as session:
+        datafile = datafiles.get_owned(session, uploader, datafile_id)
+        replica = datafile.replicas[-1]
+        if replica.state not in (ReplicaState.verified, ReplicaState.stored):
+            raise Conflict(f"datafile {datafile_id} is {replica.state}, not yet verified")
+        size, box_id, key = datafile.size, replica.box_id, replica.key
+    start, end, status = 0, size - 1, 200
+    header = request.headers.get("range")
+    if header:
+        match = _RANGE.match(header.strip())
+        if not match or match.groups() == ("", ""):
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+        first, last = match.groups()
+        if first:
+            start, end = int(first), min(int(last), size - 1) if last else size - 1
+        else:
+            start, end = max(size - int(last), 0), size - 1
+        if start >= size or start > end:
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+        status = 206
+    backend = ctx.backend(box_id)
+
+    def body() -> Iterator[bytes]:
+        remaining = end - start + 1
+        with backend.open_read(key, start) as f:
+            while remaining > 0:
+                chunk = f.read(min(1 << 20, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                yield chunk
+
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(max(end - start + 1, 0))}
+    if status == 206:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return StreamingResponse(
+        body(), status_code=status, headers=headers, media_type="application/octet-stream"
+    )

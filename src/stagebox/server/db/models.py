@@ -1,0 +1,158 @@
+"""The catalog: SQLAlchemy models. Alembic migrations live beside this module."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class ReplicaState(enum.StrEnum):
+    registered = "registered"
+    uploading = "uploading"
+    staged = "staged"
+    verified = "verified"
+    stored = "stored"
+    failed = "failed"
+
+
+class BoxRole(enum.StrEnum):
+    receiving = "receiving"
+    staging = "staging"
+    permanent = "permanent"
+
+
+class Uploader(Base):
+    __tablename__ = "uploaders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    hostname: Mapped[str] = mapped_column(String(255), default="")
+    os: Mapped[str] = mapped_column(String(255), default="")
+    mac_address: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+    tokens: Mapped[list[ApiToken]] = relationship(back_populates="uploader")
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uploader_id: Mapped[int] = mapped_column(ForeignKey("uploaders.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hint: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+    uploader: Mapped[Uploader] = relationship(back_populates="tokens")
+
+
+class StorageBox(Base):
+    __tablename__ = "storage_boxes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    backend: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str] = mapped_column(String(32))
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Dataset(Base):
+    """A dataset belongs to one uploader; ``experiment`` is '' when there is none."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("uploader_id", "experiment", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uploader_id: Mapped[int] = mapped_column(ForeignKey("uploaders.id"))
+    experiment: Mapped[str] = mapped_column(String(255), default="")
+    name: Mapped[str] = mapped_column(String(255))
+    owner: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    uploader: Mapped[Uploader] = relationship()
+
+
+class Datafile(Base):
+    __tablename__ = "datafiles"
+    __table_args__ = (UniqueConstraint("dataset_id", "directory", "filename"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
+    directory: Mapped[str] = mapped_column(String(1024), default="")
+    filename: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime: Mapped[float | None] = mapped_column(Float, nullable=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    md5: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # "client" when the uploader declared the digest and it matched; "server" when
+    # only the server's own hash exists (a stock tus client that declared none).
+    checksum_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    dataset: Mapped[Dataset] = relationship()
+    replicas: Mapped[list[Replica]] = relationship(
+        back_populates="datafile", order_by="Replica.id", cascade="all, delete-orphan"
+    )
+
+
+class Replica(Base):
+    """One copy of a datafile in one box; the lifecycle copy moves staging → permanent."""
+
+    __tablename__ = "replicas"
+    __table_args__ = (Index("ix_replicas_state_updated", "state", "updated_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    datafile_id: Mapped[int] = mapped_column(ForeignKey("datafiles.id"), index=True)
+    box_id: Mapped[int] = mapped_column(ForeignKey("storage_boxes.id"))
+    key: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default=ReplicaState.registered)
+    method: Mapped[str] = mapped_column(String(16), default="http")
+    upload_token: Mapped[str | None] = mapped_column(String(32), unique=True, nullable=True)
+    bytes_staged: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The server's own digests of the staged bytes, taken as they were written.
+    staged_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    staged_md5: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # What the uploader declared (tus metadata or /complete), awaiting comparison.
+    declared_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    declared_md5: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Registered through the API: the client will call /complete with its digests.
+    awaits_complete: Mapped[bool] = mapped_column(Boolean, default=True)
+    upload_metadata: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    stored_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+    datafile: Mapped[Datafile] = relationship(back_populates="replicas")
+    box: Mapped[StorageBox] = relationship()

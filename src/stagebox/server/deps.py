@@ -1,0 +1,41 @@
+"""Dependencies shared by the route modules, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from stagebox.errors import AuthError
+from stagebox.server.db.models import Uploader
+from stagebox.server.services import uploaders
+from stagebox.server.services.context import ServerContext
+
+
+def get_ctx(request: Request) -> ServerContext:
+    ctx: ServerContext = request.app.state.ctx
+    return ctx
+
+
+CtxDep = Annotated[ServerContext, Depends(get_ctx)]
+
+
+def current_uploader(request: Request, ctx: CtxDep) -> Uploader:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("missing 'Authorization: Bearer <token>' header")
+    with ctx.catalog.session() as session:
+        return uploaders.authenticate(session, token.strip())
+
+
+UploaderDep = Annotated[Uploader, Depends(current_uploader)]
+
+
+def base_url(request: Request, ctx: CtxDep) -> str:
+    if ctx.settings.public_url:
+        return ctx.settings.public_url.rstrip("/")
+    return str(request.base_url).rstrip("/")
+
+
+BaseUrlDep = Annotated[str, Depends(base_url)]

@@ -1,0 +1,46 @@
+"""Assemble a running server: catalog, boxes, task runner and sweep."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from stagebox.config import Settings
+from stagebox.server.db.session import Catalog
+from stagebox.server.services import verify
+from stagebox.server.services.context import ServerContext
+from stagebox.tasks import Sweeper, ThreadTaskRunner
+
+log = logging.getLogger(__name__)
+
+
+def build_context(settings: Settings) -> ServerContext:
+    """Migrate the catalog, create the embedded boxes, register the tasks."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog(settings.catalog_url)
+    catalog.migrate()
+    runner = ThreadTaskRunner(workers=settings.task_workers)
+    ctx = ServerContext(settings=settings, catalog=catalog, runner=runner)
+    runner.register("verify", partial(verify.verify_task, ctx))
+    runner.register("promote", partial(verify.promote_task, ctx))
+    ctx.ensure_embedded_boxes()
+    return ctx
+
+
+class Runtime:
+    """A context plus its background sweep; ``start`` resubmits stuck work at once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.ctx = build_context(settings)
+        self._sweeper = Sweeper(partial(verify.sweep, self.ctx), settings.sweep_interval)
+
+    def start(self) -> None:
+        counts = verify.sweep(self.ctx)
+        if any(counts.values()):
+            log.info("start-up sweep resubmitted %s", counts)
+        self._sweeper.start()
+
+    def stop(self) -> None:
+        self._sweeper.stop()
+        self.ctx.runner.shutdown()
+        self.ctx.catalog.dispose()

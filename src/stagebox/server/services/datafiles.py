@@ -1,0 +1,345 @@
+"""Registering datafiles, looking them up, and completing their uploads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, joinedload
+
+from stagebox.errors import Conflict, InvalidInput, InvalidName, NotFound
+from stagebox.names import clean_component, clean_directory
+from stagebox.server.db.models import (
+    Datafile,
+    Dataset,
+    Replica,
+    ReplicaState,
+    Uploader,
+    utcnow,
+)
+from stagebox.server.schemas import (
+    DatafilePage,
+    DatafilePublic,
+    DatafileRegister,
+    RegisterAnswer,
+)
+from stagebox.server.services import verify
+from stagebox.server.services.context import ServerContext
+from stagebox.server.services.states import transition
+
+S = ReplicaState
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+
+
+def staging_key(uploader: Uploader, token: str) -> str:
+    return f"http/{uploader.uuid}/{token}"
+
+
+def clean_item(item: DatafileRegister, index: int | None = None) -> DatafileRegister:
+    """The item with every name checked and NFC-normalised; errors name the field."""
+    where = "" if index is None else f"files[{index}]."
+    try:
+        return DatafileRegister(
+            dataset=clean_component(item.dataset, "dataset"),
+            experiment=clean_component(item.experiment, "experiment") if item.experiment else None,
+            owner=clean_component(item.owner, "owner") if item.owner else None,
+            directory=clean_directory(item.directory),
+            filename=clean_component(item.filename, "filename"),
+            size=item.size,
+            mtime=item.mtime,
+        )
+    except InvalidName as exc:
+        raise InvalidName(where + exc.field, exc.rule, exc.value) from None
+
+
+def _dataset(
+    session: Session, uploader: Uploader, name: str, experiment: str, owner: str
+) -> Dataset:
+    query = select(Dataset).where(
+        Dataset.uploader_id == uploader.id,
+        Dataset.experiment == experiment,
+        Dataset.name == name,
+    )
+    found = session.scalar(query)
+    if found is not None:
+        return found
+    try:
+        with session.begin_nested():
+            dataset = Dataset(
+                uploader_id=uploader.id, experiment=experiment, name=name, owner=owner
+            )
+            session.add(dataset)
+    except IntegrityError:  # another request created it first
+        return session.scalars(query).one()
+    return dataset
+
+
+def new_replica(ctx: ServerContext, uploader: Uploader, awaits_complete: bool) -> Replica:
+    token = uuid.uuid4().hex
+    return Replica(
+        box_id=ctx.staging_box_id,
+        key=staging_key(uploader, token),
+        state=S.registered,
+        method="http",
+        upload_token=token,
+        awaits_complete=awaits_complete,
+        expires_at=utcnow() + dt.timedelta(hours=ctx.settings.upload_expiry_hours),
+    )
+
+
+def stage_empty(ctx: ServerContext, session: Session, replica: Replica) -> None:
+    """A zero-byte file is staged the moment it is registered."""
+    ctx.staging.open_write(replica.key, 0).close()
+    transition(
+        session,
+        replica,
+        S.staged,
+        bytes_staged=0,
+        staged_sha256=EMPTY_SHA256,
+        staged_md5=EMPTY_MD5 if "md5" in ctx.settings.algorithms else None,
+    )
+
+
+def reset_replica(ctx: ServerContext, session: Session, replica: Replica) -> None:
+    """Throw away staged bytes so the upload starts again from zero."""
+    ctx.staging.delete(replica.key)
+    ctx.forget_upload(replica.upload_token or "")
+    target = S.uploading if replica.state == S.failed else S.registered
+    transition(
+        session,
+        replica,
+        target,
+        bytes_staged=0,
+        staged_sha256=None,
+        staged_md5=None,
+        declared_sha256=None,
+        declared_md5=None,
+        attempts=replica.attempts + 1,
+    )
+
+
+def register_one(
+    ctx: ServerContext,
+    session: Session,
+    uploader: Uploader,
+    item: DatafileRegister,
+    *,
+    awaits_complete: bool = True,
+    index: int | None = None,
+    dataset: Dataset | None = None,
+    existing: Datafile | None = None,
+    lookup: bool = True,
+) -> tuple[Datafile, Replica, bool]:
+    """Register (or find) one datafile; returns it, its replica and whether to skip."""
+    if dataset is None:
+        dataset = _dataset(session, uploader, item.dataset, item.experiment or "", item.owner or "")
+    if existing is None and lookup:
+        existing = session.scalar(
+            select(Datafile).where(
+                Datafile.dataset_id == dataset.id,
+                Datafile.directory == item.directory,
+                Datafile.filename == item.filename,
+            )
+        )
+    if existing is None:
+        datafile = Datafile(
+            dataset_id=dataset.id,
+            directory=item.directory,
+            filename=item.filename,
+            size=item.size,
+            mtime=item.mtime,
+        )
+        replica = new_replica(ctx, uploader, awaits_complete)
+        datafile.replicas.append(replica)
+        session.add(datafile)
+        session.flush()
+        if item.size == 0:
+            stage_empty(ctx, session, replica)
+        return datafile, replica, False
+
+    datafile = existing
+    replica = datafile.replicas[-1]
+    path = "/".join(p for p in (item.dataset, item.directory, item.filename) if p)
+    if replica.state in (S.verified, S.stored):
+        if datafile.size != item.size:
+            where = "" if index is None else f"files[{index}]: "
+            raise Conflict(
+                f"{where}{path} is already {replica.state} with size {datafile.size}; "
+                f"it cannot be registered again with size {item.size}"
+            )
+        return datafile, replica, True
+    if datafile.size != item.size or replica.state == S.failed:
+        # The file changed before it was verified, or a retry after a failure:
+        # start over from byte zero; nothing verified is touched.
+        datafile.size = item.size
+        reset_replica(ctx, session, replica)
+        if item.size == 0:
+            stage_empty(ctx, session, replica)
+    datafile.mtime = item.mtime
+    replica.awaits_complete = replica.awaits_complete and awaits_complete
+    return datafile, replica, False
+
+
+def register_batch(
+    ctx: ServerContext,
+    session: Session,
+    uploader: Uploader,
+    items: list[DatafileRegister],
+    base_url: str,
+) -> list[RegisterAnswer]:
+    cleaned = [clean_item(item, i) for i, item in enumerate(items)]
+    datasets: dict[tuple[str, str], Dataset] = {}
+    known: dict[tuple[int, str, str], Datafile] = {}
+    for item in cleaned:
+        scope = (item.experiment or "", item.dataset)
+        if scope not in datasets:
+            datasets[scope] = _dataset(session, uploader, item.dataset, scope[0], item.owner or "")
+    # One query per dataset instead of one per file: per-file overhead is what
+    # kills trees of small files.
+    for scope, dataset in datasets.items():
+        names = {i.filename for i in cleaned if (i.experiment or "", i.dataset) == scope}
+        rows = session.scalars(
+            select(Datafile)
+            .options(joinedload(Datafile.replicas))
+            .where(Datafile.dataset_id == dataset.id, Datafile.filename.in_(names))
+        ).unique()
+        for df in rows:
+            known[(dataset.id, df.directory, df.filename)] = df
+
+    answers = []
+    for index, item in enumerate(cleaned):
+        dataset = datasets[(item.experiment or "", item.dataset)]
+        datafile, replica, skip = register_one(
+            ctx,
+            session,
+            uploader,
+            item,
+            index=index,
+            dataset=dataset,
+            existing=known.get((dataset.id, item.directory, item.filename)),
+            lookup=False,
+        )
+        known[(dataset.id, item.directory, item.filename)] = datafile
+        answers.append(_answer(datafile, replica, skip, base_url))
+    return answers
+
+
+def _answer(datafile: Datafile, replica: Replica, skip: bool, base_url: str) -> RegisterAnswer:
+    if skip:
+        return RegisterAnswer(
+            id=datafile.id, state=replica.state, action="skip", sha256=datafile.sha256
+        )
+    return RegisterAnswer(
+        id=datafile.id,
+        state=replica.state,
+        action="upload",
+        upload_url=f"{base_url}/files/{replica.upload_token}",
+        offset=replica.bytes_staged,
+    )
+
+
+def get_owned(session: Session, uploader: Uploader, datafile_id: int) -> Datafile:
+    """The datafile if it belongs to ``uploader``; NotFound otherwise (no leak)."""
+    datafile = session.get(Datafile, datafile_id, options=[joinedload(Datafile.dataset)])
+    if datafile is None or datafile.dataset.uploader_id != uploader.id:
+        raise NotFound(f"no datafile {datafile_id}")
+    return datafile
+
+
+def public(datafile: Datafile, base_url: str | None = None) -> DatafilePublic:
+    replica = datafile.replicas[-1]
+    unfinished = replica.state in (S.registered, S.uploading)
+    return DatafilePublic(
+        id=datafile.id,
+        dataset=datafile.dataset.name,
+        experiment=datafile.dataset.experiment,
+        directory=datafile.directory,
+        filename=datafile.filename,
+        size=datafile.size,
+        mtime=datafile.mtime,
+        sha256=datafile.sha256,
+        md5=datafile.md5,
+        checksum_source=datafile.checksum_source,
+        state=replica.state,
+        bytes_staged=replica.bytes_staged,
+        error=replica.error,
+        upload_url=(
+            f"{base_url}/files/{replica.upload_token}" if base_url and unfinished else None
+        ),
+    )
+
+
+def list_datafiles(
+    session: Session,
+    uploader: Uploader,
+    *,
+    dataset: str | None,
+    state: str | None,
+    cursor: str | None,
+    limit: int,
+) -> DatafilePage:
+    query = (
+        select(Datafile)
+        .join(Datafile.dataset)
+        .options(joinedload(Datafile.dataset), joinedload(Datafile.replicas))
+        .where(Dataset.uploader_id == uploader.id)
+        .order_by(Datafile.id)
+    )
+    if dataset is not None:
+        query = query.where(Dataset.name == dataset)
+    if state is not None:
+        if state not in ReplicaState.__members__:
+            raise InvalidInput("state", f"must be one of {', '.join(ReplicaState)}", state)
+        query = query.where(
+            Datafile.id.in_(select(Replica.datafile_id).where(Replica.state == state))
+        )
+    if cursor:
+        try:
+            after = int(cursor)
+        except ValueError:
+            raise InvalidInput("cursor", "must be a cursor returned by a previous page") from None
+        query = query.where(Datafile.id > after)
+    rows = list(session.scalars(query.limit(limit + 1)).unique())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return DatafilePage(
+        items=[public(df) for df in rows],
+        next_cursor=str(rows[-1].id) if more and rows else None,
+    )
+
+
+def complete(
+    ctx: ServerContext, uploader: Uploader, datafile_id: int, sha256: str, md5: str | None
+) -> DatafilePublic:
+    """Record the client's digests and verify against what the server hashed."""
+    sha256 = sha256.lower()
+    md5 = md5.lower() if md5 else None
+    with ctx.catalog.session() as session:
+        datafile = get_owned(session, uploader, datafile_id)
+        replica = datafile.replicas[-1]
+        if replica.state in (S.verified, S.stored):
+            if datafile.sha256 != sha256:
+                raise Conflict(
+                    f"datafile {datafile_id} is already {replica.state} with sha256 "
+                    f"{datafile.sha256}; the declared {sha256} differs"
+                )
+            return public(datafile)
+        if replica.state in (S.registered, S.uploading):
+            raise Conflict(
+                f"datafile {datafile_id}: only {replica.bytes_staged} of {datafile.size} "
+                "bytes are staged; upload the rest before completing"
+            )
+        if replica.state == S.failed:
+            return public(datafile)
+        replica.declared_sha256 = sha256
+        replica.declared_md5 = md5
+        session.flush()
+        verify.verify_staged(ctx, session, replica)
+        state = replica.state
+    if state == S.verified:
+        ctx.runner.submit("promote", replica_id=replica.id)
+    with ctx.catalog.session() as session:
+        return public(get_owned(session, uploader, datafile_id))

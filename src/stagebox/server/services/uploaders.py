@@ -1,0 +1,67 @@
+"""Uploaders and their API tokens. Tokens are stored only as SHA-256 hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from stagebox.errors import AuthError, Conflict, NotFound
+from stagebox.names import clean_component
+from stagebox.server.db.models import ApiToken, Uploader, utcnow
+
+TOKEN_PREFIX = "sbx_"
+
+
+def hash_token(token: str) -> str:
+    # Tokens are 256 random bits, so a fast hash is as good as a slow one here.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def add_uploader(session: Session, name: str) -> tuple[Uploader, str]:
+    """Create an uploader and return it with its first token (shown once)."""
+    name = clean_component(name, "name")
+    if session.scalar(select(Uploader).where(Uploader.name == name)) is not None:
+        raise Conflict(f"an uploader named {name!r} already exists")
+    uploader = Uploader(uuid=str(uuid.uuid4()), name=name)
+    session.add(uploader)
+    session.flush()
+    return uploader, issue_token(session, uploader)
+
+
+def issue_token(session: Session, uploader: Uploader) -> str:
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiToken(uploader_id=uploader.id, token_hash=hash_token(token), hint=token[:8]))
+    return token
+
+
+def get_uploader(session: Session, name: str) -> Uploader:
+    uploader = session.scalar(select(Uploader).where(Uploader.name == name))
+    if uploader is None:
+        raise NotFound(f"no uploader named {name!r}")
+    return uploader
+
+
+def revoke_uploader(session: Session, name: str) -> Uploader:
+    """Revoke the uploader and every token it holds."""
+    uploader = get_uploader(session, name)
+    now = utcnow()
+    uploader.revoked_at = uploader.revoked_at or now
+    for token in uploader.tokens:
+        token.revoked_at = token.revoked_at or now
+    return uploader
+
+
+def list_uploaders(session: Session) -> list[Uploader]:
+    return list(session.scalars(select(Uploader).order_by(Uploader.id)))
+
+
+def authenticate(session: Session, token: str) -> Uploader:
+    """The uploader a bearer token belongs to; AuthError if unknown or revoked."""
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+    if row is None or row.revoked_at is not None or row.uploader.revoked_at is not None:
+        raise AuthError("unknown or revoked token")
+    return row.uploader

@@ -1,0 +1,214 @@
+"""Verify staged replicas and promote them to permanent storage.
+
+Both steps are idempotent task functions: run twice, or killed half way, they
+leave the same end state. The sweep re-submits anything stuck.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, joinedload
+
+from stagebox.checksums import MultiHasher
+from stagebox.errors import Conflict, StageboxError
+from stagebox.server.db.models import Datafile, Dataset, Replica, ReplicaState, utcnow
+from stagebox.server.services.context import ServerContext
+from stagebox.server.services.states import transition
+
+log = logging.getLogger(__name__)
+S = ReplicaState
+
+
+def store_key(datafile: Datafile) -> str:
+    """Permanent key: uploader, dataset id (names may repeat across experiments), path."""
+    dataset = datafile.dataset
+    parts = [dataset.uploader.uuid, str(dataset.id), datafile.directory, datafile.filename]
+    return "/".join(p for p in parts if p)
+
+
+def rehash_staged(ctx: ServerContext, replica: Replica) -> dict[str, str]:
+    """Read staged bytes back: only where the server did not see them arrive."""
+    hasher = MultiHasher(ctx.settings.algorithms)
+    with ctx.backend(replica.box_id).open_read(replica.key) as f:
+        hasher.update_from(f)
+    return hasher.hexdigests()
+
+
+def verify_staged(
+    ctx: ServerContext, session: Session, replica: Replica, *, size_only: bool = False
+) -> None:
+    """Compare a staged replica's size and digests with what was declared.
+
+    Waits (does nothing) while a client that promised ``/complete`` has not sent
+    its digests, unless ``size_only`` (the sweep's fallback for a client that
+    never came back). A mismatch fails the replica and keeps the staged bytes.
+    """
+    if replica.state != S.staged:
+        return
+    datafile = replica.datafile
+    if replica.declared_sha256 is None and replica.awaits_complete and not size_only:
+        return
+    if replica.bytes_staged != datafile.size:
+        transition(
+            session,
+            replica,
+            S.failed,
+            error=f"size mismatch: registered {datafile.size} bytes, staged {replica.bytes_staged}",
+        )
+        return
+    if replica.staged_sha256 is None:
+        digests = rehash_staged(ctx, replica)
+        replica.staged_sha256 = digests["sha256"]
+        replica.staged_md5 = digests.get("md5")
+    for algo, declared, staged in (
+        ("sha256", replica.declared_sha256, replica.staged_sha256),
+        ("md5", replica.declared_md5, replica.staged_md5),
+    ):
+        if declared is not None and staged is not None and declared != staged:
+            transition(
+                session,
+                replica,
+                S.failed,
+                error=f"{algo} mismatch: declared {declared}, staged bytes hash to {staged}",
+            )
+            return
+    datafile.sha256 = replica.staged_sha256
+    datafile.md5 = replica.staged_md5 or replica.declared_md5
+    datafile.checksum_source = "client" if replica.declared_sha256 else "server"
+    transition(session, replica, S.verified, verified_at=utcnow())
+
+
+def _load(session: Session, replica_id: int) -> Replica | None:
+    return session.scalar(
+        select(Replica)
+        .options(
+            joinedload(Replica.datafile).joinedload(Datafile.dataset).joinedload(Dataset.uploader)
+        )
+        .where(Replica.id == replica_id)
+    )
+
+
+def verify_task(ctx: ServerContext, replica_id: int, size_only: bool = False) -> None:
+    with ctx.catalog.session() as session:
+        replica = _load(session, replica_id)
+        if replica is None:
+            return
+        verify_staged(ctx, session, replica, size_only=size_only)
+        verified = replica.state == S.verified
+    if verified:
+        promote_task(ctx, replica_id)
+
+
+def promote_task(ctx: ServerContext, replica_id: int) -> None:
+    """Move a verified replica into the permanent box and record it stored."""
+    with ctx.catalog.session() as session:
+        replica = _load(session, replica_id)
+        if replica is None or replica.state != S.verified:
+            return
+        datafile = replica.datafile
+        src_box, src_key = replica.box_id, replica.key
+        dest_key = store_key(datafile)
+        expected = datafile.sha256
+    src, dest = ctx.backend(src_box), ctx.store
+    try:
+        result = src.promote(src_key, dest, dest_key, ctx.settings.algorithms)
+    except StageboxError as exc:
+        _fail(ctx, replica_id, f"promotion failed: {exc}")
+        return
+    if not result.renamed and result.digests.get("sha256") != expected:
+        dest.delete(dest_key)
+        _fail(
+            ctx,
+            replica_id,
+            f"copy to permanent storage hashed to {result.digests.get('sha256')}, "
+            f"expected {expected}",
+        )
+        return
+    record_stored(ctx, [(replica_id, dest_key)])
+    if not result.renamed:
+        src.delete(src_key)
+
+
+def record_stored(ctx: ServerContext, promoted: list[tuple[int, str]]) -> None:
+    """One transaction for a batch of promoted replicas."""
+    now = utcnow()
+    with ctx.catalog.session() as session:
+        for replica_id, dest_key in promoted:
+            replica = session.get(Replica, replica_id)
+            if replica is None or replica.state != S.verified:
+                continue
+            transition(
+                session, replica, S.stored, box_id=ctx.store_box_id, key=dest_key, stored_at=now
+            )
+            ctx.forget_upload(replica.upload_token or "")
+
+
+def _fail(ctx: ServerContext, replica_id: int, reason: str) -> None:
+    log.warning("replica %s failed: %s", replica_id, reason)
+    with ctx.catalog.session() as session:
+        replica = session.get(Replica, replica_id)
+        if replica is not None:
+            with contextlib.suppress(Conflict):  # someone else decided first
+                transition(session, replica, S.failed, error=reason)
+
+
+def sweep(ctx: ServerContext) -> dict[str, int]:
+    """Re-submit stuck work; expire abandoned uploads. Returns counts per action."""
+    now = utcnow()
+    stale = now - dt.timedelta(seconds=ctx.settings.stale_after)
+    counts = {"verify": 0, "promote": 0, "expired": 0}
+    with ctx.catalog.session() as session:
+        staged = session.execute(
+            select(
+                Replica.id, Replica.awaits_complete, Replica.declared_sha256, Replica.method
+            ).where(Replica.state == S.staged)
+        ).all()
+        stale_staged = set(
+            session.scalars(
+                select(Replica.id).where(Replica.state == S.staged, Replica.updated_at < stale)
+            )
+        )
+        verified = list(
+            session.scalars(
+                select(Replica.id).where(Replica.state == S.verified, Replica.updated_at < stale)
+            )
+        )
+        expired = list(
+            session.scalars(
+                select(Replica).where(
+                    Replica.state.in_([S.registered, S.uploading, S.staged]),
+                    Replica.declared_sha256.is_(None),
+                    Replica.expires_at.is_not(None),
+                    Replica.expires_at < now,
+                )
+            )
+        )
+        for replica in expired:
+            ctx.backend(replica.box_id).delete(replica.key)
+            transition(
+                session,
+                replica,
+                S.failed,
+                bytes_staged=0,
+                error="upload expired before it was finished; register the file again",
+            )
+            counts["expired"] += 1
+    for replica_id, awaits, declared, method in staged:
+        if declared is not None or not awaits:
+            ctx.runner.submit("verify", replica_id=replica_id)
+            counts["verify"] += 1
+        elif replica_id in stale_staged and method != "http":
+            # Bytes that arrived behind our back whose client never came back:
+            # verify by size with our own digest. An http client that never sent
+            # /complete may have sent a file that changed under it, so it waits
+            # for the client (a rerun completes it) or for expiry.
+            ctx.runner.submit("verify", replica_id=replica_id, size_only=True)
+            counts["verify"] += 1
+    for replica_id in verified:
+        ctx.runner.submit("promote", replica_id=replica_id)
+        counts["promote"] += 1
+    return counts

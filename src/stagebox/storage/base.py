@@ -1,0 +1,108 @@
+"""The storage backend contract (server side).
+
+A backend is a box: keys are '/'-separated paths relative to the box root. A key
+that would resolve outside the root is :class:`~stagebox.errors.KeyEscapesRoot`,
+never a path. Backends implement a handful of primitives; resume, hashing and
+verification are written once above them, in the services.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    """How a promotion happened.
+
+    ``renamed`` means the bytes were moved without being read (same filesystem),
+    so the source key no longer exists. Otherwise the bytes were copied and
+    ``digests`` holds what the copy hashed to; the caller compares them and
+    deletes the source only once the promotion is recorded.
+    """
+
+    renamed: bool
+    digests: dict[str, str] = field(default_factory=dict)
+
+
+class StagedWriter(abc.ABC):
+    """Appends to one key from a starting offset."""
+
+    @abc.abstractmethod
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    @abc.abstractmethod
+    def tell(self) -> int:
+        """Absolute offset of the next byte."""
+
+    @abc.abstractmethod
+    def discard_to(self, offset: int) -> None:
+        """Drop bytes written by this writer past ``offset`` (a rejected chunk)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Make what was written durable (when the box is configured so) and close."""
+
+    def __enter__(self) -> StagedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StorageBackend(abc.ABC):
+    """A named storage box. See the module docstring for the key rules."""
+
+    name: str
+
+    @abc.abstractmethod
+    def open_write(self, key: str, offset: int = 0) -> StagedWriter:
+        """Write ``key`` from ``offset``; bytes at and past ``offset`` are replaced.
+
+        ``offset`` must not exceed the current size.
+        """
+
+    @abc.abstractmethod
+    def size(self, key: str) -> int | None:
+        """Bytes stored under ``key``, or None when there is no such key."""
+
+    @abc.abstractmethod
+    def open_read(self, key: str, offset: int = 0) -> BinaryIO: ...
+
+    @abc.abstractmethod
+    def promote(
+        self,
+        src_key: str,
+        dest: StorageBackend,
+        dest_key: str,
+        algorithms: tuple[str, ...],
+        sync: bool = True,
+    ) -> PromoteResult:
+        """Make ``src_key``'s bytes available as ``dest_key`` in ``dest``.
+
+        With ``sync`` the bytes are durable in ``dest`` on return; without it the
+        caller promises ``dest.flush()`` before recording the promotion (batches).
+        """
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every key under ``prefix`` (a folder-like prefix), in no fixed order."""
+
+    def sync(self, key: str) -> None:  # noqa: B027 - optional capability
+        """Make ``key``'s bytes durable (no-op where writes are durable already)."""
+
+    def flush(self) -> None:  # noqa: B027 - optional capability
+        """Make every completed write durable at once (batched small files)."""

@@ -1,0 +1,228 @@
+"""A storage box that is a directory on a local or mounted filesystem."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from stagebox.checksums import BUFFER_SIZE, MultiHasher
+from stagebox.errors import KeyEscapesRoot, NotFound, StorageError
+from stagebox.names import clean_directory
+from stagebox.storage.base import ObjectInfo, PromoteResult, StagedWriter, StorageBackend
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def _syncfs(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if getattr(_libc, "syncfs", None) is None or _libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _LocalWriter(StagedWriter):
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd = fd
+        self._start = offset
+        self._pos = offset
+        os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+            self._pos += n
+
+    def tell(self) -> int:
+        return self._pos
+
+    def discard_to(self, offset: int) -> None:
+        if not self._start <= offset <= self._pos:
+            raise StorageError(
+                f"cannot discard to {offset}: writer spans {self._start}..{self._pos}"
+            )
+        os.ftruncate(self._fd, offset)
+        os.lseek(self._fd, offset, os.SEEK_SET)
+        self._pos = offset
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class LocalBackend(StorageBackend):
+    """Keys map to files under ``root``; no symlink is followed.
+
+    Staged writes are not fsynced (a restart re-reads whatever reached the disk).
+    With ``durable``, promotion fsyncs the file and its new directory before the
+    catalog records it stored; ``flush()`` syncs the filesystem once for a batch.
+    """
+
+    def __init__(self, name: str, root: Path | str, durable: bool = True) -> None:
+        self.name = name
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = self.root.resolve()
+        self.durable = durable
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({self.name!r}, {str(self.root)!r})"
+
+    def path(self, key: str) -> Path:
+        """The filesystem path for ``key``; refuses anything that leaves the root."""
+        try:
+            clean = clean_directory(key, "key")
+        except Exception as exc:
+            raise KeyEscapesRoot(f"{self.name}: key {key!r} is not a safe relative path") from exc
+        if clean == "":
+            raise KeyEscapesRoot(f"{self.name}: empty key")
+        path = self.root / clean
+        parent = path.parent
+        # A symlinked directory inside the box could point anywhere.
+        real_parent = Path(os.path.realpath(parent))
+        if real_parent != self.root and self.root not in real_parent.parents:
+            raise KeyEscapesRoot(f"{self.name}: key {key!r} resolves outside the box")
+        return path
+
+    def _open_regular(self, path: Path, flags: int) -> int:
+        try:
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o660)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise KeyEscapesRoot(f"{self.name}: {path.name} is a symlink") from exc
+            if exc.errno == errno.ENOENT:
+                raise NotFound(f"{self.name}: no such key {path.relative_to(self.root)}") from exc
+            raise StorageError(f"{self.name}: cannot open {path}: {exc.strerror}") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StorageError(f"{self.name}: {path.relative_to(self.root)} is not a regular file")
+        return fd
+
+    def open_write(self, key: str, offset: int = 0) -> StagedWriter:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path(key)  # re-check: mkdir must not have crossed a symlink
+        fd = self._open_regular(path, os.O_WRONLY | os.O_CREAT)
+        size = os.fstat(fd).st_size
+        if offset > size:
+            os.close(fd)
+            raise StorageError(f"{self.name}: cannot write {key} at {offset}, only {size} bytes")
+        return _LocalWriter(fd, offset)
+
+    def size(self, key: str) -> int | None:
+        try:
+            st = os.lstat(self.path(key))
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            raise StorageError(f"{self.name}: {key} is not a regular file")
+        return st.st_size
+
+    def open_read(self, key: str, offset: int = 0) -> BinaryIO:
+        fd = self._open_regular(self.path(key), os.O_RDONLY)
+        f = os.fdopen(fd, "rb", buffering=BUFFER_SIZE)
+        if offset:
+            f.seek(offset)
+        return f
+
+    def promote(
+        self,
+        src_key: str,
+        dest: StorageBackend,
+        dest_key: str,
+        algorithms: tuple[str, ...],
+        sync: bool = True,
+    ) -> PromoteResult:
+        src = self.path(src_key)
+        if isinstance(dest, LocalBackend):
+            target = dest.path(dest_key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            dest.path(dest_key)
+            if not src.exists() and target.exists():
+                return PromoteResult(renamed=True)  # an earlier attempt already moved it
+            try:
+                if sync and dest.durable:
+                    _fsync_path(src)
+                os.rename(src, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise StorageError(f"cannot move {src_key} into {dest.name}: {exc}") from exc
+            else:
+                if sync and dest.durable:
+                    _fsync_dir(target.parent)
+                return PromoteResult(renamed=True)
+        return self._copy(src_key, dest, dest_key, algorithms, sync)
+
+    def _copy(
+        self,
+        src_key: str,
+        dest: StorageBackend,
+        dest_key: str,
+        algorithms: tuple[str, ...],
+        sync: bool,
+    ) -> PromoteResult:
+        hasher = MultiHasher(algorithms)
+        with self.open_read(src_key) as reader, dest.open_write(dest_key, 0) as writer:
+            while chunk := reader.read(BUFFER_SIZE):
+                hasher.update(chunk)
+                writer.write(chunk)
+        if sync:
+            dest.sync(dest_key)
+        return PromoteResult(renamed=False, digests=hasher.hexdigests())
+
+    def delete(self, key: str) -> None:
+        path = self.path(key)
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self.path(prefix) if prefix else self.root
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                full = Path(dirpath) / name
+                st = full.lstat()
+                if stat.S_ISREG(st.st_mode):
+                    yield ObjectInfo(str(full.relative_to(self.root)), st.st_size)
+
+    def sync(self, key: str) -> None:
+        if self.durable:
+            path = self.path(key)
+            _fsync_path(path)
+            _fsync_dir(path.parent)
+
+    def flush(self) -> None:
+        if self.durable:
+            _syncfs(self.root)

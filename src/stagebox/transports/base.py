@@ -1,0 +1,35 @@
+"""The transport contract (client side).
+
+A transport moves bytes of one file to one staging target and knows nothing of
+catalogs. The uploader orchestrates: it asks ``open`` where to resume, feeds
+``write`` in order, hashing as it goes, and calls ``finish``. Resume, retry,
+hashing and progress are written once, above this contract.
+"""
+
+from __future__ import annotations
+
+import abc
+
+
+class Transport(abc.ABC):
+    """Sends one file at a time; ``close`` releases the connection for good."""
+
+    @abc.abstractmethod
+    def open(self, target: str, length: int) -> int:
+        """Start (or resume) sending to ``target``; returns bytes already staged."""
+
+    @abc.abstractmethod
+    def write(self, offset: int, chunk: bytes) -> None:
+        """Send ``chunk`` at ``offset``; offsets arrive in order without gaps."""
+
+    @abc.abstractmethod
+    def finish(self) -> int:
+        """Flush what was written; returns the bytes now staged."""
+
+    @abc.abstractmethod
+    def abandon(self) -> None:
+        """Stop the current file without finishing it (bytes sent so far may stay)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
