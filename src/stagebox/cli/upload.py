@@ -109,6 +109,9 @@ def upload(
         float, typer.Option(help="ignore files modified in the last MINUTES", min=0)
     ] = 0.0,
     threads: Annotated[int, typer.Option(help="files in flight", min=1, max=64)] = 5,
+    bwlimit: Annotated[
+        float, typer.Option(help="cap the send rate at MB/s (all threads); 0 = no cap", min=0)
+    ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON report")] = False,
     cacert: Annotated[Path | None, typer.Option(help="CA bundle to trust for TLS")] = None,
 ) -> None:
@@ -122,7 +125,7 @@ def upload(
         exclude=exclude or (),
         min_age_minutes=min_age,
     )
-    options = UploadOptions(threads=threads)
+    options = UploadOptions(threads=threads, bwlimit=bwlimit * 1e6)
     client = StageboxClient(
         server, token, threads=threads, verify_tls=str(cacert) if cacert else True
     )

@@ -73,9 +73,11 @@ class ScanRules:
             raise InvalidInput("structure", f"must be one of {', '.join(STRUCTURES)}")
 
 
-def _wanted(rel: str, name: str, rules: ScanRules) -> bool:
+def _wanted(paths: tuple[str, ...], rules: ScanRules) -> bool:
+    """Globs match the file name, its path in the dataset, or its path under SRC."""
+
     def matches(patterns: Sequence[str]) -> bool:
-        return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p) for p in patterns)
+        return any(fnmatch.fnmatch(path, p) for p in patterns for path in paths)
 
     if rules.include and not matches(rules.include):
         return False
@@ -118,8 +120,7 @@ def scan(source: Path, rules: ScanRules, now: float | None = None) -> Iterator[L
                 continue  # above the dataset level
             names = dict(zip(levels, rel_parts[: len(levels)], strict=True))
             below = rel_parts[len(levels) :]
-        rel = "/".join(rel_parts)
-        if not _wanted(rel, path.name, rules):
+        if not _wanted((path.name, "/".join(below), "/".join(rel_parts)), rules):
             continue
         if rules.min_age_minutes and st.st_mtime > cutoff:
             continue

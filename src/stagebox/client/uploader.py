@@ -22,6 +22,7 @@ from stagebox.checksums import MultiHasher
 from stagebox.client.api import StageboxClient, retryable
 from stagebox.client.journal import Journal
 from stagebox.client.progress import FileResult, ProgressCallback, ProgressEvent, ignore
+from stagebox.client.ratelimit import RateLimiter
 from stagebox.client.scan import LocalFile
 from stagebox.errors import ChangedDuringUpload, ServerError, StageboxError
 from stagebox.transports import Transport, TusTransport
@@ -40,6 +41,7 @@ class UploadOptions:
     bundle_bytes: int = 8 << 20
     bundle_files: int = 500
     algorithms: tuple[str, ...] = ("sha256",)
+    bwlimit: float = 0.0  # bytes per second for all threads together; 0 = unlimited
 
 
 @dataclass
@@ -109,6 +111,7 @@ class Uploader:
         # Small files waiting to fill a bundle; touched only by the run() thread.
         self._bundle: list[tuple[LocalFile, dict[str, Any]]] = []
         self._bundle_size = 0
+        self._limiter = RateLimiter(self.options.bwlimit)
 
     # -- the run -----------------------------------------------------------
 
@@ -232,6 +235,7 @@ class Uploader:
             return results
         body = encode_bundle_header({"files": entries}) + b"".join(blobs)
         del blobs
+        self._limiter.consume(len(body))
         try:
             answers = self.client.bundle(body, BUNDLE_CONTENT_TYPE)
         except StageboxError as exc:
@@ -311,6 +315,7 @@ class Uploader:
                     if not chunk:
                         raise ChangedDuringUpload("changed during upload (shorter than registered)")
                     hasher.update(chunk)
+                    self._limiter.consume(len(chunk))
                     transport.write(pos, chunk)
                     pos += len(chunk)
                     self.progress(ProgressEvent("advanced", file=file, nbytes=len(chunk)))
