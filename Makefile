@@ -37,7 +37,7 @@ test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q tests
 
 demo: $(STAMP)
-	$(BIN)/python -m stagebox.demo
+	$(BIN)/stagebox demo
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.run --full

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from stagebox.cli import admin, serve, upload
+from stagebox.cli import admin, demo, serve, upload
 from stagebox.errors import ConfigError, InvalidInput, StageboxError
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.command("upload")(upload.upload)
+app.command("demo")(demo.demo)
 app.add_typer(admin.app, name="admin")
 
 USAGE_ERRORS = (ConfigError, InvalidInput)
