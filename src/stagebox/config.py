@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     md5: bool = Field(False, description="also compute md5 (MyTardis compatibility)")
-    durable: bool = Field(True, description="fsync staged and promoted bytes before recording")
+    durable: bool = Field(True, description="fsync promoted bytes before recording them")
+    direct_io: bool = Field(True, description="large uploads bypass the page cache (O_DIRECT)")
     task_workers: int = Field(4, ge=1, le=64)
     sweep_interval: float = Field(30.0, gt=0, description="seconds between sweeps of stuck work")
     stale_after: float = Field(300.0, gt=0, description="seconds before idle work counts as stuck")

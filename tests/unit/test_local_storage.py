@@ -89,3 +89,35 @@ def test_list_walks_a_prefix(boxes):
     for key in ("a/1", "a/b/2", "c/3"):
         staging.open_write(key).close()
     assert sorted(o.key for o in staging.list("a")) == ["a/1", "a/b/2"]
+
+
+@pytest.mark.parametrize("start", [0, 4096, 5000])
+def test_direct_writer_lands_every_byte_from_any_offset(tmp_path, start):
+    box = LocalBackend("staging", tmp_path / "s")
+    data = os.urandom(3 * (1 << 20) + 12345)
+    with box.open_write("k") as w:
+        w.write(data[:start])
+    writer = box.open_write("k", start, size_hint=64 << 20)
+    assert type(writer).__name__ == "_DirectWriter"
+    pos = start
+    for size in (1, 4095, 70_000, 1 << 20, 3, 2 << 20):
+        writer.write(data[pos : pos + size])
+        pos += size
+        assert writer.tell() == min(pos, len(data))
+    writer.write(data[pos:])
+    writer.close()
+    with box.open_read("k") as f:
+        assert f.read() == data
+
+
+def test_direct_writer_discards_a_rejected_chunk(tmp_path):
+    box = LocalBackend("staging", tmp_path / "s")
+    good, bad = os.urandom(2 << 20), os.urandom(3 << 20)
+    writer = box.open_write("k", 0, size_hint=64 << 20)
+    writer.write(good)
+    writer.write(bad)  # partly flushed to disk, partly buffered
+    writer.discard_to(len(good))
+    writer.write(b"tail")
+    writer.close()
+    with box.open_read("k") as f:
+        assert f.read() == good + b"tail"

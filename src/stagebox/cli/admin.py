@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from stagebox.config import load_settings
-from stagebox.server.db.session import Catalog
-from stagebox.server.services import uploaders
+if TYPE_CHECKING:
+    from stagebox.server.db.session import Catalog
 
 app = typer.Typer(help="Administer uploaders, tokens and boxes.", no_args_is_help=True)
 uploader_app = typer.Typer(help="Uploaders and their API tokens.", no_args_is_help=True)
@@ -31,6 +30,10 @@ def admin(
 
 
 def _catalog() -> Catalog:
+    # Imported here: the catalog stack is heavy and the upload client never needs it.
+    from stagebox.config import load_settings
+    from stagebox.server.db.session import Catalog
+
     settings = load_settings(data_dir=_state["data_dir"])
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(settings.catalog_url)
@@ -41,6 +44,8 @@ def _catalog() -> Catalog:
 @uploader_app.command("add")
 def uploader_add(name: str) -> None:
     """Create an uploader; its API token is printed alone on stdout, once."""
+    from stagebox.server.services import uploaders
+
     catalog = _catalog()
     with catalog.session() as session:
         _, token = uploaders.add_uploader(session, name)
@@ -50,6 +55,8 @@ def uploader_add(name: str) -> None:
 @uploader_app.command("list")
 def uploader_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every uploader with its state and token count."""
+    from stagebox.server.services import uploaders
+
     catalog = _catalog()
     with catalog.session() as session:
         rows = [
@@ -74,6 +81,8 @@ def uploader_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
 @uploader_app.command("revoke")
 def uploader_revoke(name: str) -> None:
     """Revoke an uploader and all its tokens; its next request gets 401."""
+    from stagebox.server.services import uploaders
+
     catalog = _catalog()
     with catalog.session() as session:
         uploaders.revoke_uploader(session, name)

@@ -6,8 +6,6 @@ from typing import Annotated
 
 import typer
 
-from stagebox.config import load_settings
-
 
 def serve(
     data_dir: Annotated[Path, typer.Option(help="catalog and embedded boxes live here")] = Path(
@@ -22,6 +20,7 @@ def serve(
     """Run the server: API, tus uploads, verification and promotion."""
     import uvicorn
 
+    from stagebox.config import load_settings
     from stagebox.server.app import create_app
 
     settings = load_settings(

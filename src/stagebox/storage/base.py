@@ -65,10 +65,12 @@ class StorageBackend(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def open_write(self, key: str, offset: int = 0) -> StagedWriter:
+    def open_write(self, key: str, offset: int = 0, size_hint: int | None = None) -> StagedWriter:
         """Write ``key`` from ``offset``; bytes at and past ``offset`` are replaced.
 
-        ``offset`` must not exceed the current size.
+        ``offset`` must not exceed the current size. ``size_hint`` is the final
+        size when known, so a backend can pick its strategy (direct I/O,
+        multipart part size).
         """
 
     @abc.abstractmethod

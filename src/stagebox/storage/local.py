@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import logging
+import mmap
 import os
 import shutil
 import stat
@@ -16,6 +18,10 @@ from stagebox.checksums import BUFFER_SIZE, MultiHasher
 from stagebox.errors import KeyEscapesRoot, NotFound, StorageError
 from stagebox.names import clean_directory
 from stagebox.storage.base import ObjectInfo, PromoteResult, StagedWriter, StorageBackend
+
+log = logging.getLogger(__name__)
+# Writes expected to be at least this large bypass the page cache (O_DIRECT).
+DIRECT_MIN = 8 << 20
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
@@ -78,6 +84,90 @@ class _LocalWriter(StagedWriter):
             self._fd = -1
 
 
+ALIGN = 4096
+DIRECT_BUFFER = 1 << 20
+
+
+class _DirectWriter(StagedWriter):
+    """Writes large uploads with O_DIRECT through an aligned buffer.
+
+    Bytes bypass the page cache: far less CPU per byte than buffered writes
+    (page allocation dominates those), nothing dirty left for a later fsync to
+    flush, and no cache pollution. The unaligned head and tail go through the
+    ordinary descriptor; the kernel keeps the two views coherent.
+    """
+
+    def __init__(self, path: Path, fd: int, offset: int) -> None:
+        self._fd = fd
+        self._direct = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._start = offset
+        self._flushed = offset  # bytes at or past this offset are still in the buffer
+        self._buf = mmap.mmap(-1, DIRECT_BUFFER)
+        self._view = memoryview(self._buf)
+        self._used = 0
+        os.ftruncate(fd, offset)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        if self._flushed % ALIGN and self._used == 0:
+            head = min(len(view), ALIGN - self._flushed % ALIGN)
+            self._pwrite_all(self._fd, view[:head], self._flushed)
+            self._flushed += head
+            view = view[head:]
+        while view:
+            take = min(len(view), DIRECT_BUFFER - self._used)
+            self._view[self._used : self._used + take] = view[:take]
+            self._used += take
+            view = view[take:]
+            if self._used == DIRECT_BUFFER:
+                self._flush_aligned()
+
+    def _flush_aligned(self) -> None:
+        aligned = self._used - self._used % ALIGN
+        if aligned:
+            self._pwrite_all(self._direct, self._view[:aligned], self._flushed)
+            self._flushed += aligned
+            rest = self._used - aligned
+            self._view[:rest] = self._view[aligned : self._used]
+            self._used = rest
+
+    @staticmethod
+    def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def tell(self) -> int:
+        return self._flushed + self._used
+
+    def discard_to(self, offset: int) -> None:
+        if not self._start <= offset <= self.tell():
+            raise StorageError(
+                f"cannot discard to {offset}: writer spans {self._start}-{self.tell()}"
+            )
+        if offset >= self._flushed:
+            self._used = offset - self._flushed
+        else:
+            os.ftruncate(self._fd, offset)
+            self._flushed, self._used = offset, 0
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            self._flush_aligned()
+            if self._used:  # the unaligned tail
+                self._pwrite_all(self._fd, self._view[: self._used], self._flushed)
+                self._flushed += self._used
+                self._used = 0
+        finally:
+            self._view.release()
+            self._buf.close()
+            os.close(self._direct)
+            os.close(self._fd)
+            self._fd = -1
+
+
 class LocalBackend(StorageBackend):
     """Keys map to files under ``root``; no symlink is followed.
 
@@ -86,8 +176,11 @@ class LocalBackend(StorageBackend):
     catalog records it stored; ``flush()`` syncs the filesystem once for a batch.
     """
 
-    def __init__(self, name: str, root: Path | str, durable: bool = True) -> None:
+    def __init__(
+        self, name: str, root: Path | str, durable: bool = True, direct_io: bool = True
+    ) -> None:
         self.name = name
+        self.direct_io = direct_io
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.root = self.root.resolve()
@@ -126,7 +219,7 @@ class LocalBackend(StorageBackend):
             raise StorageError(f"{self.name}: {path.relative_to(self.root)} is not a regular file")
         return fd
 
-    def open_write(self, key: str, offset: int = 0) -> StagedWriter:
+    def open_write(self, key: str, offset: int = 0, size_hint: int | None = None) -> StagedWriter:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path(key)  # re-check: mkdir must not have crossed a symlink
@@ -135,6 +228,15 @@ class LocalBackend(StorageBackend):
         if offset > size:
             os.close(fd)
             raise StorageError(f"{self.name}: cannot write {key} at {offset}, only {size} bytes")
+        if self.direct_io and size_hint is not None and size_hint - offset >= DIRECT_MIN:
+            try:
+                return _DirectWriter(path, fd, offset)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    os.close(fd)
+                    raise StorageError(f"{self.name}: cannot open {key}: {exc.strerror}") from exc
+                log.info("%s: O_DIRECT not supported here; using buffered writes", self.name)
+                self.direct_io = False
         return _LocalWriter(fd, offset)
 
     def size(self, key: str) -> int | None:

@@ -18,10 +18,12 @@ STAGING_BOX = "staging"
 STORE_BOX = "store"
 
 
-def backend_for(box: StorageBox, durable: bool) -> StorageBackend:
+def backend_for(box: StorageBox, settings: Settings) -> StorageBackend:
     """Instantiate the backend a catalog box row describes."""
     if box.backend == "local":
-        return LocalBackend(box.name, box.attributes["path"], durable=durable)
+        return LocalBackend(
+            box.name, box.attributes["path"], durable=settings.durable, direct_io=settings.direct_io
+        )
     raise NotImplementedError(f"box {box.name}: backend {box.backend!r} is not available")
 
 
@@ -72,7 +74,7 @@ class ServerContext:
                     box = s.get(StorageBox, box_id)
                     if box is None:
                         raise KeyError(f"no storage box {box_id}")
-                    backend = backend_for(box, self.settings.durable)
+                    backend = backend_for(box, self.settings)
                 self._backends[box_id] = backend
             return backend
 

@@ -277,7 +277,7 @@ class PatchWriter:
             if current:
                 with backend.open_read(key) as f:
                     state.hasher.update_from(f, current)
-        writer = backend.open_write(key, current)
+        writer = backend.open_write(key, current, size_hint=length)
         return cls(ctx, state, replica_id, token, length, writer, state.hasher, checksum)
 
     @property
