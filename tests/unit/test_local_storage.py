@@ -72,7 +72,7 @@ def test_promote_copies_and_hashes_across_filesystems(boxes, monkeypatch):
     with staging.open_write("u/1") as w:
         w.write(b"data")
 
-    def cross_device(src, dst):
+    def cross_device(*args, **kwargs):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "rename", cross_device)

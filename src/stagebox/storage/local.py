@@ -11,11 +11,12 @@ import os
 import shutil
 import stat
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
 from stagebox.checksums import BUFFER_SIZE, MultiHasher
-from stagebox.errors import KeyEscapesRoot, NotFound, StorageError
+from stagebox.errors import InvalidName, KeyEscapesRoot, NotFound, StorageError
 from stagebox.names import clean_directory
 from stagebox.storage.base import ObjectInfo, PromoteResult, StagedWriter, StorageBackend
 
@@ -35,16 +36,8 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync_at(name: str, dir_fd: int) -> None:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         os.fsync(fd)
     finally:
@@ -97,9 +90,9 @@ class _DirectWriter(StagedWriter):
     ordinary descriptor; the kernel keeps the two views coherent.
     """
 
-    def __init__(self, path: Path, fd: int, offset: int) -> None:
+    def __init__(self, fd: int, direct_fd: int, offset: int) -> None:
         self._fd = fd
-        self._direct = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._direct = direct_fd
         self._start = offset
         self._flushed = offset  # bytes at or past this offset are still in the buffer
         self._buf = mmap.mmap(-1, DIRECT_BUFFER)
@@ -169,7 +162,12 @@ class _DirectWriter(StagedWriter):
 
 
 class LocalBackend(StorageBackend):
-    """Keys map to files under ``root``; no symlink is followed.
+    """Keys map to files under ``root``; no symlink is ever followed.
+
+    Every access walks the key's directories from the root one component at a
+    time with ``O_NOFOLLOW`` and opens the final name relative to its parent's
+    descriptor, so a symlink planted anywhere in the tree (even between a check
+    and a use) cannot lead outside the box.
 
     Staged writes are not fsynced (a restart re-reads whatever reached the disk).
     With ``durable``, promotion fsyncs the file and its new directory before the
@@ -189,67 +187,104 @@ class LocalBackend(StorageBackend):
     def __repr__(self) -> str:
         return f"LocalBackend({self.name!r}, {str(self.root)!r})"
 
-    def path(self, key: str) -> Path:
-        """The filesystem path for ``key``; refuses anything that leaves the root."""
+    def _split(self, key: str) -> tuple[list[str], str]:
         try:
             clean = clean_directory(key, "key")
-        except Exception as exc:
+        except InvalidName as exc:
             raise KeyEscapesRoot(f"{self.name}: key {key!r} is not a safe relative path") from exc
         if clean == "":
             raise KeyEscapesRoot(f"{self.name}: empty key")
-        path = self.root / clean
-        parent = path.parent
-        # A symlinked directory inside the box could point anywhere.
-        real_parent = Path(os.path.realpath(parent))
-        if real_parent != self.root and self.root not in real_parent.parents:
-            raise KeyEscapesRoot(f"{self.name}: key {key!r} resolves outside the box")
-        return path
+        parts = clean.split("/")
+        return parts[:-1], parts[-1]
 
-    def _open_regular(self, path: Path, flags: int) -> int:
+    def path(self, key: str) -> Path:
+        """Where ``key`` lives, for messages and operators (access goes through fds)."""
+        dirs, name = self._split(key)
+        return self.root.joinpath(*dirs, name)
+
+    @contextmanager
+    def _parent(self, dirs: list[str], create: bool = False) -> Iterator[int]:
+        """A descriptor of the key's directory, reached without following symlinks."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.root, flags)
         try:
-            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o660)
+            for part in dirs:
+                try:
+                    child = os.open(part, flags, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise NotFound(f"{self.name}: no such key under {part}") from None
+                    with suppress(FileExistsError):
+                        os.mkdir(part, 0o770, dir_fd=fd)
+                    child = os.open(part, flags, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise KeyEscapesRoot(
+                            f"{self.name}: {part} is a symlink or not a directory"
+                        ) from exc
+                    raise StorageError(f"{self.name}: cannot open {part}: {exc.strerror}") from exc
+                os.close(fd)
+                fd = child
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _open_at(self, dir_fd: int, name: str, flags: int) -> int:
+        try:
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o660, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise KeyEscapesRoot(f"{self.name}: {path.name} is a symlink") from exc
+                raise KeyEscapesRoot(f"{self.name}: {name} is a symlink") from exc
             if exc.errno == errno.ENOENT:
-                raise NotFound(f"{self.name}: no such key {path.relative_to(self.root)}") from exc
-            raise StorageError(f"{self.name}: cannot open {path}: {exc.strerror}") from exc
+                raise NotFound(f"{self.name}: no such key {name}") from exc
+            raise StorageError(f"{self.name}: cannot open {name}: {exc.strerror}") from exc
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise StorageError(f"{self.name}: {path.relative_to(self.root)} is not a regular file")
+            raise StorageError(f"{self.name}: {name} is not a regular file")
         return fd
 
     def open_write(self, key: str, offset: int = 0, size_hint: int | None = None) -> StagedWriter:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path(key)  # re-check: mkdir must not have crossed a symlink
-        fd = self._open_regular(path, os.O_WRONLY | os.O_CREAT)
-        size = os.fstat(fd).st_size
-        if offset > size:
-            os.close(fd)
-            raise StorageError(f"{self.name}: cannot write {key} at {offset}, only {size} bytes")
-        if self.direct_io and size_hint is not None and size_hint - offset >= DIRECT_MIN:
-            try:
-                return _DirectWriter(path, fd, offset)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    os.close(fd)
-                    raise StorageError(f"{self.name}: cannot open {key}: {exc.strerror}") from exc
-                log.info("%s: O_DIRECT not supported here; using buffered writes", self.name)
-                self.direct_io = False
+        dirs, name = self._split(key)
+        with self._parent(dirs, create=True) as dir_fd:
+            fd = self._open_at(dir_fd, name, os.O_WRONLY | os.O_CREAT)
+            size = os.fstat(fd).st_size
+            if offset > size:
+                os.close(fd)
+                raise StorageError(
+                    f"{self.name}: cannot write {key} at {offset}, only {size} bytes"
+                )
+            if self.direct_io and size_hint is not None and size_hint - offset >= DIRECT_MIN:
+                try:
+                    direct = os.open(
+                        name,
+                        os.O_WRONLY | os.O_DIRECT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        dir_fd=dir_fd,
+                    )
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        os.close(fd)
+                        raise StorageError(f"{self.name}: cannot open {key}: {exc}") from exc
+                    log.info("%s: O_DIRECT not supported here; using buffered writes", self.name)
+                    self.direct_io = False
+                else:
+                    return _DirectWriter(fd, direct, offset)
         return _LocalWriter(fd, offset)
 
     def size(self, key: str) -> int | None:
+        dirs, name = self._split(key)
         try:
-            st = os.lstat(self.path(key))
-        except FileNotFoundError:
+            with self._parent(dirs) as dir_fd:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except (NotFound, FileNotFoundError):
             return None
         if not stat.S_ISREG(st.st_mode):
             raise StorageError(f"{self.name}: {key} is not a regular file")
         return st.st_size
 
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
-        fd = self._open_regular(self.path(key), os.O_RDONLY)
+        dirs, name = self._split(key)
+        with self._parent(dirs) as dir_fd:
+            fd = self._open_at(dir_fd, name, os.O_RDONLY)
         f = os.fdopen(fd, "rb", buffering=BUFFER_SIZE)
         if offset:
             f.seek(offset)
@@ -263,24 +298,30 @@ class LocalBackend(StorageBackend):
         algorithms: tuple[str, ...],
         sync: bool = True,
     ) -> PromoteResult:
-        src = self.path(src_key)
         if isinstance(dest, LocalBackend):
-            target = dest.path(dest_key)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            dest.path(dest_key)
-            if not src.exists() and target.exists():
+            src_dirs, src_name = self._split(src_key)
+            dest_dirs, dest_name = dest._split(dest_key)
+            if self.size(src_key) is None:
+                if dest.size(dest_key) is None:
+                    raise NotFound(f"{self.name}: no such key {src_key}")
                 return PromoteResult(renamed=True)  # an earlier attempt already moved it
-            try:
-                if sync and dest.durable:
-                    _fsync_path(src)
-                os.rename(src, target)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise StorageError(f"cannot move {src_key} into {dest.name}: {exc}") from exc
-            else:
-                if sync and dest.durable:
-                    _fsync_dir(target.parent)
-                return PromoteResult(renamed=True)
+            with (
+                self._parent(src_dirs) as src_fd,
+                dest._parent(dest_dirs, create=True) as dest_fd,
+            ):
+                try:
+                    if sync and dest.durable:
+                        _fsync_at(src_name, src_fd)
+                    os.rename(src_name, dest_name, src_dir_fd=src_fd, dst_dir_fd=dest_fd)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise StorageError(
+                            f"cannot move {src_key} into {dest.name}: {exc.strerror}"
+                        ) from exc
+                else:
+                    if sync and dest.durable:
+                        os.fsync(dest_fd)
+                    return PromoteResult(renamed=True)
         return self._copy(src_key, dest, dest_key, algorithms, sync)
 
     def _copy(
@@ -292,7 +333,8 @@ class LocalBackend(StorageBackend):
         sync: bool,
     ) -> PromoteResult:
         hasher = MultiHasher(algorithms)
-        with self.open_read(src_key) as reader, dest.open_write(dest_key, 0) as writer:
+        size = self.size(src_key)
+        with self.open_read(src_key) as reader, dest.open_write(dest_key, 0, size) as writer:
             while chunk := reader.read(BUFFER_SIZE):
                 hasher.update(chunk)
                 writer.write(chunk)
@@ -301,29 +343,39 @@ class LocalBackend(StorageBackend):
         return PromoteResult(renamed=False, digests=hasher.hexdigests())
 
     def delete(self, key: str) -> None:
-        path = self.path(key)
+        dirs, name = self._split(key)
         try:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        except FileNotFoundError:
+            with self._parent(dirs) as dir_fd:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(name, dir_fd=dir_fd)
+                else:
+                    os.unlink(name, dir_fd=dir_fd)
+        except (NotFound, FileNotFoundError):
             pass
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if prefix:
+            dirs, name = self._split(prefix)
+            try:
+                with self._parent([*dirs, name]):
+                    pass  # the prefix is a real directory inside the box
+            except NotFound:
+                return
         base = self.path(prefix) if prefix else self.root
         for dirpath, _dirs, files in os.walk(base):
-            for name in files:
-                full = Path(dirpath) / name
+            for file in files:
+                full = Path(dirpath) / file
                 st = full.lstat()
                 if stat.S_ISREG(st.st_mode):
                     yield ObjectInfo(str(full.relative_to(self.root)), st.st_size)
 
     def sync(self, key: str) -> None:
         if self.durable:
-            path = self.path(key)
-            _fsync_path(path)
-            _fsync_dir(path.parent)
+            dirs, name = self._split(key)
+            with self._parent(dirs) as dir_fd:
+                _fsync_at(name, dir_fd)
+                os.fsync(dir_fd)
 
     def flush(self) -> None:
         if self.durable:

@@ -10,16 +10,16 @@ records the batch in one transaction.
 from __future__ import annotations
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import joinedload
 
 from stagebox.checksums import MultiHasher
 from stagebox.errors import InvalidInput, LengthExceeded, NotFound
-from stagebox.server.db.models import Datafile, Dataset, Replica, ReplicaState, Uploader
+from stagebox.server.db.models import Datafile, Dataset, Replica, ReplicaState, Uploader, utcnow
 from stagebox.server.schemas import BundleEntry, BundleManifest, BundleResult
 from stagebox.server.services import verify
 from stagebox.server.services.context import ServerContext
-from stagebox.server.services.states import transition
+from stagebox.server.services.states import Move, advance_many
 from stagebox.storage import StagedWriter
 from stagebox.wire import BUNDLE_CONTENT_TYPE, BUNDLE_HEADER
 
@@ -101,7 +101,11 @@ class BundleReceiver:
                 select(Replica)
                 .join(Replica.datafile)
                 .join(Datafile.dataset)
-                .options(joinedload(Replica.datafile))
+                .options(
+                    joinedload(Replica.datafile)
+                    .joinedload(Datafile.dataset)
+                    .joinedload(Dataset.uploader)
+                )
                 .where(Replica.datafile_id.in_(ids), Dataset.uploader_id == self._uploader.id)
                 .order_by(Replica.id)
             ).all()
@@ -143,6 +147,11 @@ class BundleReceiver:
             self._writer = None
 
     def finish(self) -> list[BundleResult]:
+        """Verify every file, promote the good ones, record the batch in one transaction.
+
+        Each file still walks registered → staged → verified → stored (or →
+        failed); only the end of its walk is written, all files together.
+        """
         entries = self._entries
         # Empty files at the end of the manifest have no bytes to wait for.
         while entries and self._index < len(entries) and self._writer is None:
@@ -155,60 +164,110 @@ class BundleReceiver:
             raise InvalidInput("body", "ended before every file in the manifest arrived")
         ctx = self._ctx
         ctx.staging.flush()
-        verified: list[tuple[int, str, str, str]] = []
-        with ctx.catalog.session() as session:
-            for entry in entries:
-                found = session.get(Replica, self._replicas[entry.id].id)
-                assert found is not None
-                replica = found
-                declared = {
-                    "declared_sha256": entry.sha256.lower(),
-                    "declared_md5": entry.md5.lower() if entry.md5 else None,
-                }
-                if replica.state in (S.registered, S.uploading):
-                    digests = self._digests[entry.id]
-                    transition(
-                        session,
-                        replica,
-                        S.staged,
-                        bytes_staged=entry.size,
-                        staged_sha256=digests["sha256"],
-                        staged_md5=digests.get("md5"),
-                        **declared,
+        moves: list[Move] = []
+        checksums: list[dict[str, object]] = []
+        promotions: list[tuple[Replica, str, str]] = []
+        for entry in entries:
+            replica = self._replicas[entry.id]
+            path: tuple[ReplicaState, ...]
+            if replica.state in (S.registered, S.uploading):
+                staged = self._digests[entry.id]
+                path = (S.uploading, S.staged) if replica.state == S.registered else (S.staged,)
+            elif replica.state == S.staged and replica.declared_sha256 is None:
+                # Staged already (an empty file, or a PATCH whose /complete never
+                # came): the bundle brings the digests the server was waiting for.
+                staged = {"sha256": replica.staged_sha256 or "", "md5": replica.staged_md5 or ""}
+                path = ()
+            else:
+                continue  # verified, stored or failed already: nothing to record
+            declared = {"sha256": entry.sha256.lower(), "md5": (entry.md5 or "").lower()}
+            values: dict[str, object] = {
+                "bytes_staged": entry.size,
+                "staged_sha256": staged["sha256"],
+                "staged_md5": staged.get("md5") or None,
+                "declared_sha256": declared["sha256"],
+                "declared_md5": declared["md5"] or None,
+            }
+            mismatch = _mismatch(declared, staged)
+            if mismatch:
+                moves.append(
+                    Move(
+                        replica.id,
+                        S(replica.state),
+                        (*path, S.failed),
+                        values | {"error": mismatch},
                     )
-                elif replica.state == S.staged and replica.declared_sha256 is None:
-                    # Staged already (an empty file, or a PATCH whose /complete never
-                    # came): the bundle brings the digests the server was waiting for.
-                    for name, value in declared.items():
-                        setattr(replica, name, value)
-                else:
-                    continue
-                verify.verify_staged(ctx, session, replica)
-                if replica.state == S.verified:
-                    dest = verify.store_key(replica.datafile)
-                    verified.append((replica.id, replica.key, dest, digests["sha256"]))
-        self._promote(verified)
+                )
+                continue
+            dest = verify.store_key(replica.datafile)
+            promotions.append((replica, dest, staged["sha256"]))
+            moves.append(Move(replica.id, S(replica.state), (*path, S.verified, S.stored), values))
+            checksums.append(
+                {
+                    "b_id": replica.datafile_id,
+                    "v_sha256": staged["sha256"],
+                    "v_md5": staged.get("md5") or values["declared_md5"],
+                }
+            )
+        copied = self._promote(promotions, moves)
+        now = utcnow()
+        dest_keys = {replica.id: dest for replica, dest, _ in promotions}
+        with ctx.catalog.session() as session:
+            for move in moves:
+                if move.path[-1] == S.stored:
+                    key = dest_keys[move.replica_id]
+                    move.values.update(
+                        box_id=ctx.store_box_id, key=key, verified_at=now, stored_at=now
+                    )
+            advance_many(session, moves)
+            if checksums:
+                table = Datafile.__table__
+                assert isinstance(table, Table)
+                session.connection().execute(
+                    update(table)
+                    .where(table.c.id == bindparam("b_id"))
+                    .values(
+                        sha256=bindparam("v_sha256"),
+                        md5=bindparam("v_md5"),
+                        checksum_source="client",
+                    ),
+                    checksums,
+                )
+        for key in copied:
+            ctx.staging.delete(key)
         return self._results(entries)
 
-    def _promote(self, verified: list[tuple[int, str, str, str]]) -> None:
-        """Promote the batch, sync the store once, record it in one transaction."""
+    def _promote(self, promotions: list[tuple[Replica, str, str]], moves: list[Move]) -> list[str]:
+        """Move each verified file into the store, then sync the store once.
+
+        Returns the staged keys that were copied (not renamed), to delete once
+        the batch is recorded. A copy that hashes wrong turns its move to failed.
+        """
         ctx = self._ctx
         staging, store = ctx.staging, ctx.store
-        promoted, copied = [], []
-        for replica_id, src_key, dest_key, sha256 in verified:
-            result = staging.promote(src_key, store, dest_key, ctx.settings.algorithms, sync=False)
+        copied: list[str] = []
+        by_id = {m.replica_id: i for i, m in enumerate(moves)}
+        for replica, dest_key, sha256 in promotions:
+            result = staging.promote(
+                replica.key, store, dest_key, ctx.settings.algorithms, sync=False
+            )
             if result.renamed:
-                promoted.append((replica_id, dest_key))
-            elif result.digests.get("sha256") == sha256:
-                promoted.append((replica_id, dest_key))
-                copied.append(src_key)
-            else:  # the copy went wrong: leave it to the task, which fails it with a reason
-                store.delete(dest_key)
-                ctx.runner.submit("promote", replica_id=replica_id)
+                continue
+            if result.digests.get("sha256") == sha256:
+                copied.append(replica.key)
+                continue
+            store.delete(dest_key)
+            old = moves[by_id[replica.id]]
+            got = result.digests.get("sha256")
+            error = f"copy to permanent storage hashed to {got}, expected {sha256}"
+            moves[by_id[replica.id]] = Move(
+                old.replica_id,
+                old.current,
+                (*old.path[:-2], S.failed),
+                old.values | {"error": error},
+            )
         store.flush()
-        verify.record_stored(ctx, promoted)
-        for src_key in copied:
-            staging.delete(src_key)
+        return copied
 
     def _results(self, entries: list[BundleEntry]) -> list[BundleResult]:
         ids = [e.id for e in entries]
@@ -218,6 +277,14 @@ class BundleReceiver:
             ).all()
             latest = {r.datafile_id: r for r in rows}
         return [BundleResult(id=i, state=latest[i].state, error=latest[i].error) for i in ids]
+
+
+def _mismatch(declared: dict[str, str], staged: dict[str, str]) -> str | None:
+    for algo in ("sha256", "md5"):
+        want, got = declared.get(algo), staged.get(algo)
+        if want and got and want != got:
+            return f"{algo} mismatch: declared {want}, staged bytes hash to {got}"
+    return None
 
 
 class _Discard(StagedWriter):

@@ -209,22 +209,40 @@ def register_batch(
         for df in rows:
             known[(dataset.id, df.directory, df.filename)] = df
 
-    answers = []
+    # New files are inserted together (one flush); known ones go one by one,
+    # since each may need its staged bytes reset.
+    planned: list[tuple[Datafile, bool]] = []
+    fresh: list[Datafile] = []
     for index, item in enumerate(cleaned):
         dataset = datasets[(item.experiment or "", item.dataset)]
-        datafile, replica, skip = register_one(
-            ctx,
-            session,
-            uploader,
-            item,
-            index=index,
-            dataset=dataset,
-            existing=known.get((dataset.id, item.directory, item.filename)),
-            lookup=False,
-        )
-        known[(dataset.id, item.directory, item.filename)] = datafile
-        answers.append(_answer(datafile, replica, skip, base_url))
-    return answers
+        where = (dataset.id, item.directory, item.filename)
+        datafile = known.get(where)
+        if datafile is None:
+            datafile = Datafile(
+                dataset_id=dataset.id,
+                directory=item.directory,
+                filename=item.filename,
+                size=item.size,
+                mtime=item.mtime,
+            )
+            datafile.replicas.append(new_replica(ctx, uploader, awaits_complete=True))
+            fresh.append(datafile)
+            known[where] = datafile
+            planned.append((datafile, False))
+        elif datafile in fresh:  # the same name twice in one batch (NFC twins)
+            planned.append((datafile, False))
+        else:
+            _, _, skip = register_one(
+                ctx, session, uploader, item, index=index, dataset=dataset, existing=datafile
+            )
+            planned.append((datafile, skip))
+    if fresh:
+        session.add_all(fresh)
+        session.flush()
+        for datafile in fresh:
+            if datafile.size == 0:
+                stage_empty(ctx, session, datafile.replicas[-1])
+    return [_answer(df, df.replicas[-1], skip, base_url) for df, skip in planned]
 
 
 def _answer(datafile: Datafile, replica: Replica, skip: bool, base_url: str) -> RegisterAnswer:
