@@ -18,7 +18,9 @@ def _check_component(value: str, field: str) -> None:
     if value in ("", ".", ".."):
         rule = "must not be empty" if value == "" else f"must not be '{value}'"
         raise InvalidName(field, rule, value)
-    for ch in value:
+    # Printable ASCII has no control characters: skip the per-character scan.
+    plain = value.isascii() and value.isprintable()
+    for ch in "" if plain else value:
         if ch == "\x00":
             raise InvalidName(field, "must not contain NUL", value)
         if unicodedata.category(ch) == "Cc":
@@ -32,8 +34,10 @@ def _check_component(value: str, field: str) -> None:
 def _normalise(value: str, field: str) -> str:
     if not isinstance(value, str):
         raise InvalidName(field, "must be a string", value)
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+    if len(value) > MAX_PATH_BYTES or len(value.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         raise InvalidName(field, f"must be at most {MAX_PATH_BYTES} bytes")
+    if value.isascii():
+        return value  # ASCII is NFC already
     try:
         value.encode()
     except UnicodeEncodeError:

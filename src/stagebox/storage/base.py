@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -102,6 +103,11 @@ class StorageBackend(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every key under ``prefix`` (a folder-like prefix), in no fixed order."""
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """A block of many small operations; backends may reuse handles inside it."""
+        yield
 
     def sync(self, key: str) -> None:  # noqa: B027 - optional capability
         """Make ``key``'s bytes durable (no-op where writes are durable already)."""

@@ -20,7 +20,6 @@ from stagebox.server.schemas import BundleEntry, BundleManifest, BundleResult
 from stagebox.server.services import verify
 from stagebox.server.services.context import ServerContext
 from stagebox.server.services.states import Move, advance_many
-from stagebox.storage import StagedWriter
 from stagebox.wire import BUNDLE_CONTENT_TYPE, BUNDLE_HEADER
 
 S = ReplicaState
@@ -30,7 +29,8 @@ CONTENT_TYPE = BUNDLE_CONTENT_TYPE
 
 
 class BundleReceiver:
-    """Consumes a bundle body chunk by chunk; ``finish`` verifies and stores."""
+    """Collects one bundle body (bounded by ``max_bundle_bytes``); ``finish``
+    stages, verifies and stores every file in it."""
 
     def __init__(self, ctx: ServerContext, uploader: Uploader) -> None:
         self._ctx = ctx
@@ -38,48 +38,28 @@ class BundleReceiver:
         self._buf = bytearray()
         self._entries: list[BundleEntry] | None = None
         self._replicas: dict[int, Replica] = {}
-        self._index = 0
-        self._remaining = 0
-        self._writer: StagedWriter | None = None
-        self._hasher: MultiHasher | None = None
+        self._expected = 0
         self._digests: dict[int, dict[str, str]] = {}
 
     def feed(self, data: bytes | bytearray) -> None:
-        view = memoryview(data)
+        self._buf += data
+        if len(self._buf) > self._ctx.settings.max_bundle_bytes:
+            raise LengthExceeded(
+                f"a bundle may hold at most {self._ctx.settings.max_bundle_bytes} bytes"
+            )
         if self._entries is None:
-            self._buf += view
-            if not self._parse_manifest():
-                return
-            view = memoryview(bytes(self._buf))
-            self._buf.clear()
-        while view:
-            entries = self._entries
-            assert entries is not None
-            if self._index >= len(entries):
-                raise LengthExceeded("the bundle body runs past the sizes its manifest declares")
-            if self._writer is None:
-                self._open_next()
-                if self._remaining == 0:
-                    self._close_current()
-                    continue
-            take = min(self._remaining, len(view))
-            piece = view[:take]
-            assert self._writer is not None and self._hasher is not None
-            self._writer.write(piece)
-            self._hasher.update(piece)
-            self._remaining -= take
-            view = view[take:]
-            if self._remaining == 0:
-                self._close_current()
+            self._parse_manifest()
+        if self._entries is not None and len(self._buf) > self._expected:
+            raise LengthExceeded("the bundle body runs past the sizes its manifest declares")
 
-    def _parse_manifest(self) -> bool:
+    def _parse_manifest(self) -> None:
         if len(self._buf) < HEADER.size:
-            return False
+            return
         (size,) = HEADER.unpack_from(self._buf)
         if size > MAX_MANIFEST:
             raise InvalidInput("manifest", f"must be at most {MAX_MANIFEST} bytes")
         if len(self._buf) < HEADER.size + size:
-            return False
+            return
         raw = bytes(self._buf[HEADER.size : HEADER.size + size])
         try:
             manifest = BundleManifest.model_validate_json(raw)
@@ -90,7 +70,7 @@ class BundleReceiver:
         del self._buf[: HEADER.size + size]
         self._load(manifest.files)
         self._entries = manifest.files
-        return True
+        self._expected = sum(e.size for e in manifest.files)
 
     def _load(self, entries: list[BundleEntry]) -> None:
         ids = [e.id for e in entries]
@@ -121,30 +101,29 @@ class BundleReceiver:
                         f"datafile {entry.id} was registered with {found.datafile.size} bytes",
                     )
 
-    def _open_next(self) -> None:
-        assert self._entries is not None
-        entry = self._entries[self._index]
-        replica = self._replicas[entry.id]
-        self._remaining = entry.size
-        self._hasher = MultiHasher(self._ctx.settings.algorithms)
-        if replica.state in (S.registered, S.uploading):
-            self._writer = self._ctx.backend(replica.box_id).open_write(replica.key, 0)
-        else:
-            self._writer = _Discard()  # already staged or stored: hash, keep nothing
-
-    def _close_current(self) -> None:
-        assert self._entries is not None and self._writer is not None and self._hasher
-        entry = self._entries[self._index]
-        self._writer.close()
-        self._digests[entry.id] = self._hasher.hexdigests()
-        self._writer = None
-        self._hasher = None
-        self._index += 1
+    def _stage(self, entries: list[BundleEntry]) -> None:
+        """Write each file to its staging key, hashing it on the way."""
+        view = memoryview(self._buf)
+        pos = 0
+        staging = self._ctx.staging
+        with staging.batch():
+            for entry in entries:
+                data = view[pos : pos + entry.size]
+                pos += entry.size
+                hasher = MultiHasher(self._ctx.settings.algorithms)
+                hasher.update(data)
+                self._digests[entry.id] = hasher.hexdigests()
+                replica = self._replicas[entry.id]
+                if replica.state in (S.registered, S.uploading):
+                    with staging.open_write(replica.key, 0) as writer:
+                        writer.write(data)
+                data.release()
+        view.release()
+        self._buf = bytearray()
+        staging.flush()
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._buf = bytearray()
 
     def finish(self) -> list[BundleResult]:
         """Verify every file, promote the good ones, record the batch in one transaction.
@@ -153,17 +132,11 @@ class BundleReceiver:
         failed); only the end of its walk is written, all files together.
         """
         entries = self._entries
-        # Empty files at the end of the manifest have no bytes to wait for.
-        while entries and self._index < len(entries) and self._writer is None:
-            if entries[self._index].size:
-                break
-            self._open_next()
-            self._close_current()
-        if entries is None or self._index < len(entries) or self._writer is not None:
+        if entries is None or len(self._buf) != self._expected:
             self.abort()
             raise InvalidInput("body", "ended before every file in the manifest arrived")
         ctx = self._ctx
-        ctx.staging.flush()
+        self._stage(entries)
         moves: list[Move] = []
         checksums: list[dict[str, object]] = []
         promotions: list[tuple[Replica, str, str]] = []
@@ -245,8 +218,21 @@ class BundleReceiver:
         """
         ctx = self._ctx
         staging, store = ctx.staging, ctx.store
-        copied: list[str] = []
         by_id = {m.replica_id: i for i, m in enumerate(moves)}
+        with staging.batch(), store.batch():
+            copied = self._move(promotions, moves, by_id)
+        store.flush()
+        return copied
+
+    def _move(
+        self,
+        promotions: list[tuple[Replica, str, str]],
+        moves: list[Move],
+        by_id: dict[int, int],
+    ) -> list[str]:
+        ctx = self._ctx
+        staging, store = ctx.staging, ctx.store
+        copied: list[str] = []
         for replica, dest_key, sha256 in promotions:
             result = staging.promote(
                 replica.key, store, dest_key, ctx.settings.algorithms, sync=False
@@ -266,7 +252,6 @@ class BundleReceiver:
                 (*old.path[:-2], S.failed),
                 old.values | {"error": error},
             )
-        store.flush()
         return copied
 
     def _results(self, entries: list[BundleEntry]) -> list[BundleResult]:
@@ -285,20 +270,3 @@ def _mismatch(declared: dict[str, str], staged: dict[str, str]) -> str | None:
         if want and got and want != got:
             return f"{algo} mismatch: declared {want}, staged bytes hash to {got}"
     return None
-
-
-class _Discard(StagedWriter):
-    def __init__(self) -> None:
-        self._pos = 0
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._pos += len(data)
-
-    def tell(self) -> int:
-        return self._pos
-
-    def discard_to(self, offset: int) -> None:
-        self._pos = offset
-
-    def close(self) -> None:
-        pass
