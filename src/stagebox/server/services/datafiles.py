@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -209,40 +209,93 @@ def register_batch(
         for df in rows:
             known[(dataset.id, df.directory, df.filename)] = df
 
-    # New files are inserted together (one flush); known ones go one by one,
-    # since each may need its staged bytes reset.
-    planned: list[tuple[Datafile, bool]] = []
-    fresh: list[Datafile] = []
+    # New files are inserted together, two statements for the whole batch;
+    # known ones go one by one, since each may need its staged bytes reset.
+    answers: list[RegisterAnswer | None] = []
+    fresh: dict[tuple[int, str, str], list[int]] = {}
+    fresh_items: list[tuple[int, DatafileRegister]] = []
     for index, item in enumerate(cleaned):
         dataset = datasets[(item.experiment or "", item.dataset)]
         where = (dataset.id, item.directory, item.filename)
         datafile = known.get(where)
-        if datafile is None:
-            datafile = Datafile(
-                dataset_id=dataset.id,
-                directory=item.directory,
-                filename=item.filename,
-                size=item.size,
-                mtime=item.mtime,
-            )
-            datafile.replicas.append(new_replica(ctx, uploader, awaits_complete=True))
-            fresh.append(datafile)
-            known[where] = datafile
-            planned.append((datafile, False))
-        elif datafile in fresh:  # the same name twice in one batch (NFC twins)
-            planned.append((datafile, False))
-        else:
-            _, _, skip = register_one(
+        if datafile is not None:
+            _, replica, skip = register_one(
                 ctx, session, uploader, item, index=index, dataset=dataset, existing=datafile
             )
-            planned.append((datafile, skip))
-    if fresh:
-        session.add_all(fresh)
-        session.flush()
-        for datafile in fresh:
-            if datafile.size == 0:
-                stage_empty(ctx, session, datafile.replicas[-1])
-    return [_answer(df, df.replicas[-1], skip, base_url) for df, skip in planned]
+            answers.append(_answer(datafile, replica, skip, base_url))
+            continue
+        if where not in fresh:  # NFC twins in one batch share one datafile
+            fresh[where] = []
+            fresh_items.append((dataset.id, item))
+        fresh[where].append(index)
+        answers.append(None)
+    if fresh_items:
+        created = _insert_new(ctx, session, uploader, fresh_items, base_url)
+        for indexes, answer in zip(fresh.values(), created, strict=True):
+            for index in indexes:
+                answers[index] = answer
+    return [a for a in answers if a is not None]
+
+
+def _insert_new(
+    ctx: ServerContext,
+    session: Session,
+    uploader: Uploader,
+    items: list[tuple[int, DatafileRegister]],
+    base_url: str,
+) -> list[RegisterAnswer]:
+    now = utcnow()
+    expires = now + dt.timedelta(hours=ctx.settings.upload_expiry_hours)
+    ids = session.scalars(
+        insert(Datafile).returning(Datafile.id, sort_by_parameter_order=True),
+        [
+            {
+                "dataset_id": dataset_id,
+                "directory": item.directory,
+                "filename": item.filename,
+                "size": item.size,
+                "mtime": item.mtime,
+                "created_at": now,
+            }
+            for dataset_id, item in items
+        ],
+    ).all()
+    tokens = [uuid.uuid4().hex for _ in items]
+    session.execute(
+        insert(Replica),
+        [
+            {
+                "datafile_id": datafile_id,
+                "box_id": ctx.staging_box_id,
+                "key": staging_key(uploader, token),
+                "state": S.registered.value,
+                "method": "http",
+                "upload_token": token,
+                "awaits_complete": True,
+                "created_at": now,
+                "updated_at": now,
+                "expires_at": expires,
+            }
+            for datafile_id, token in zip(ids, tokens, strict=True)
+        ],
+    )
+    answers = []
+    for datafile_id, token, (_, item) in zip(ids, tokens, items, strict=True):
+        state = S.registered.value
+        if item.size == 0:
+            replica = session.scalars(select(Replica).where(Replica.upload_token == token)).one()
+            stage_empty(ctx, session, replica)
+            state = replica.state
+        answers.append(
+            RegisterAnswer(
+                id=datafile_id,
+                state=state,
+                action="upload",
+                upload_url=f"{base_url}/files/{token}",
+                offset=0,
+            )
+        )
+    return answers
 
 
 def _answer(datafile: Datafile, replica: Replica, skip: bool, base_url: str) -> RegisterAnswer:
