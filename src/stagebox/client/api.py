@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -50,6 +50,16 @@ class Backoff:
                 log.info("%s failed (%s); retrying in %.1fs", what, exc, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+
+class _Parts:
+    """A re-iterable body (a retry sends it again) that never joins its parts."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self._parts = parts
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._parts)
 
 
 class StageboxClient:
@@ -113,12 +123,14 @@ class StageboxClient:
         ).json()
         return result
 
-    def bundle(self, body: bytes, content_type: str) -> list[dict[str, Any]]:
+    def bundle(self, parts: list[bytes], content_type: str) -> list[dict[str, Any]]:
+        """POST a bundle given as its parts (header, then each file), sent without joining."""
+        length = sum(len(p) for p in parts)
         answer = self._request(
             "POST",
             "/api/v1/datafiles/bundle",
-            content=body,
-            headers={"Content-Type": content_type},
+            content=_Parts(parts),
+            headers={"Content-Type": content_type, "Content-Length": str(length)},
         )
         result: list[dict[str, Any]] = answer.json()["files"]
         return result

@@ -38,7 +38,7 @@ CHUNK = 1 << 20
 class UploadOptions:
     threads: int = 5
     small_file_bytes: int = 1 << 20
-    bundle_bytes: int = 8 << 20
+    bundle_bytes: int = 4 << 20
     bundle_files: int = 500
     algorithms: tuple[str, ...] = ("sha256",)
     bwlimit: float = 0.0  # bytes per second for all threads together; 0 = unlimited
@@ -233,11 +233,11 @@ class Uploader:
             sent.append((file, answer, digests["sha256"]))
         if not entries:
             return results
-        body = encode_bundle_header({"files": entries}) + b"".join(blobs)
+        parts = [encode_bundle_header({"files": entries}), *blobs]
         del blobs
-        self._limiter.consume(len(body))
+        self._limiter.consume(sum(len(p) for p in parts))
         try:
-            answers = self.client.bundle(body, BUNDLE_CONTENT_TYPE)
+            answers = self.client.bundle(parts, BUNDLE_CONTENT_TYPE)
         except StageboxError as exc:
             return results + [self._finish(file, "failed", error=str(exc)) for file, _, _ in sent]
         done = []
