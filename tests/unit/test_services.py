@@ -196,3 +196,44 @@ def test_http_upload_without_complete_is_not_verified_by_size(ctx, alice):
     verify.sweep(ctx)
     ctx.runner.run_all()
     assert state_of(ctx, rid).state == S.staged  # waits for the client, never guesses
+
+
+def test_server_killed_after_the_last_byte_completes_from_disk(ctx, alice):
+    # given every byte written but the end never recorded (the process died)
+    data = b"w" * 70_000
+    df_id, rid, token = register(ctx, alice, data)
+    with ctx.staging.open_write(state_of(ctx, rid).key, 0) as w:
+        w.write(data)
+    assert state_of(ctx, rid).state == S.registered
+    # when the client comes back and completes
+    answer = datafiles.complete(ctx, alice, df_id, hashlib.sha256(data).hexdigest(), None)
+    # then the server takes the staged bytes as they are on disk
+    assert answer.state == S.verified
+    ctx.runner.run_all()
+    assert state_of(ctx, rid).state == S.stored
+
+
+def test_sweep_finishes_an_idle_upload_whose_bytes_all_arrived(ctx, alice):
+    data = b"v" * 9_000
+    _, rid, token = register(ctx, alice, data)
+    writer = PatchWriter.begin(ctx, alice, token, 0, None, None)
+    writer.write(data[:100])
+    writer.abort()  # recorded as uploading with 100 bytes
+    with ctx.staging.open_write(state_of(ctx, rid).key, 100) as w:
+        w.write(data[100:])  # the rest landed, unrecorded
+    ctx.settings.stale_after = 0.001
+    assert verify.sweep(ctx)["verify"] == 1
+    ctx.runner.run_all()
+    replica = state_of(ctx, rid)
+    assert replica.state == S.staged  # http: still waits for the client's digests
+    assert replica.staged_sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_complete_before_the_last_byte_is_a_conflict(ctx, alice):
+    data = b"u" * 5_000
+    df_id, _, token = register(ctx, alice, data)
+    writer = PatchWriter.begin(ctx, alice, token, 0, None, None)
+    writer.write(data[:10])
+    writer.finish()
+    with pytest.raises(Conflict, match="only 10 of 5000 bytes"):
+        datafiles.complete(ctx, alice, df_id, hashlib.sha256(data).hexdigest(), None)

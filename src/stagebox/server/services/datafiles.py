@@ -398,7 +398,7 @@ def complete(
                     f"{datafile.sha256}; the declared {sha256} differs"
                 )
             return public(datafile)
-        if replica.state in (S.registered, S.uploading):
+        if not verify.stage_if_whole(ctx, session, replica) and replica.state != S.failed:
             raise Conflict(
                 f"datafile {datafile_id}: only {replica.bytes_staged} of {datafile.size} "
                 "bytes are staged; upload the rest before completing"

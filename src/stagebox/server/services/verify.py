@@ -38,6 +38,43 @@ def rehash_staged(ctx: ServerContext, replica: Replica) -> dict[str, str]:
     return hasher.hexdigests()
 
 
+def stage_if_whole(ctx: ServerContext, session: Session, replica: Replica) -> bool:
+    """Move an upload whose every byte is on disk to ``staged``; True if it is staged.
+
+    The staging box, not the catalog, knows how many bytes arrived: a server
+    killed between writing the last byte and recording it leaves the replica
+    ``uploading`` with the whole file staged. The digest comes from the upload's
+    running hash when it covers the whole file, else from one re-read.
+    """
+    if replica.state == S.staged:
+        return True
+    if replica.state not in (S.registered, S.uploading):
+        return False
+    size = replica.datafile.size
+    on_disk = ctx.backend(replica.box_id).size(replica.key) or 0
+    if on_disk != size:
+        replica.bytes_staged = min(on_disk, size)
+        return False
+    upload = ctx.upload_state(replica.upload_token or "")
+    if not upload.lock.acquire(blocking=False):
+        return False  # a PATCH is still writing it; it will record the end itself
+    try:
+        hasher = upload.hasher
+        if hasher is not None and hasher.length == size:
+            digests = hasher.hexdigests()
+        else:
+            digests = rehash_staged(ctx, replica)
+        target = (S.uploading, S.staged) if replica.state == S.registered else (S.staged,)
+        for state in target:
+            transition(session, replica, state)
+        replica.bytes_staged = size
+        replica.staged_sha256 = digests["sha256"]
+        replica.staged_md5 = digests.get("md5")
+    finally:
+        upload.lock.release()
+    return True
+
+
 def verify_staged(
     ctx: ServerContext, session: Session, replica: Replica, *, size_only: bool = False
 ) -> None:
@@ -97,7 +134,8 @@ def verify_task(ctx: ServerContext, replica_id: int, size_only: bool = False) ->
         replica = _load(session, replica_id)
         if replica is None:
             return
-        verify_staged(ctx, session, replica, size_only=size_only)
+        if stage_if_whole(ctx, session, replica):
+            verify_staged(ctx, session, replica, size_only=size_only)
         verified = replica.state == S.verified
     if verified:
         promote_task(ctx, replica_id)
@@ -177,6 +215,12 @@ def sweep(ctx: ServerContext) -> dict[str, int]:
                 select(Replica.id).where(Replica.state == S.verified, Replica.updated_at < stale)
             )
         )
+        # Uploads idle for a while whose last bytes may have landed unrecorded.
+        idle_uploads = list(
+            session.scalars(
+                select(Replica.id).where(Replica.state == S.uploading, Replica.updated_at < stale)
+            )
+        )
         expired = list(
             session.scalars(
                 select(Replica).where(
@@ -211,4 +255,7 @@ def sweep(ctx: ServerContext) -> dict[str, int]:
     for replica_id in verified:
         ctx.runner.submit("promote", replica_id=replica_id)
         counts["promote"] += 1
+    for replica_id in idle_uploads:
+        ctx.runner.submit("verify", replica_id=replica_id)
+        counts["verify"] += 1
     return counts
