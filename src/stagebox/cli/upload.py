@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import threading
 from pathlib import Path
@@ -126,9 +127,8 @@ def upload(
         min_age_minutes=min_age,
     )
     options = UploadOptions(threads=threads, bwlimit=bwlimit * 1e6)
-    client = StageboxClient(
-        server, token, threads=threads, verify_tls=str(cacert) if cacert else True
-    )
+    tls = ssl.create_default_context(cafile=str(cacert)) if cacert else True
+    client = StageboxClient(server, token, threads=threads, verify_tls=tls)
     journal = Journal.for_server(server)
     console = Console(stderr=True)
     try:

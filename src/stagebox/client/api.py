@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 from stagebox.errors import AuthError, ConfigError, ConnectionFailed, ServerError
-from stagebox.transports.http import TUS_HEADERS, raise_for_status
+from stagebox.transports.http import TUS_HEADERS, connection_error, raise_for_status
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,7 +73,7 @@ class StageboxClient:
         *,
         threads: int = 5,
         backoff: Backoff | None = None,
-        verify_tls: bool | str = True,
+        verify_tls: bool | ssl.SSLContext = True,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if not token:
@@ -99,7 +100,7 @@ class StageboxClient:
             try:
                 response = self.http.request(method, url, **kwargs)
             except httpx.TransportError as exc:
-                raise ConnectionFailed(f"{method} {url}: {exc}") from exc
+                raise connection_error(f"{method} {url}", exc) from exc
             if response.status_code == 401:
                 raise AuthError("the server refused the token (unknown or revoked)")
             raise_for_status(response)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import ssl
 import threading
 from collections.abc import Iterator
 
@@ -19,6 +20,19 @@ from stagebox.transports.base import Transport
 
 TUS_HEADERS = {"Tus-Resumable": "1.0.0"}
 _DONE = object()
+
+
+def connection_error(what: str, exc: httpx.TransportError) -> TransportError:
+    """Map an httpx failure into the tree: a refused or broken connection is
+    worth retrying, a certificate the client does not trust is not."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return TransportError(
+                f"{what}: {cause.verify_message or cause} (CERTIFICATE_VERIFY_FAILED)"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return ConnectionFailed(f"{what}: {exc}")
 
 
 def raise_for_status(response: httpx.Response) -> None:
@@ -48,7 +62,7 @@ class TusTransport(Transport):
         try:
             response = self._client.head(target, headers=TUS_HEADERS)
         except httpx.TransportError as exc:
-            raise ConnectionFailed(f"HEAD {target}: {exc}") from exc
+            raise connection_error(f"HEAD {target}", exc) from exc
         raise_for_status(response)
         return int(response.headers["Upload-Offset"])
 
@@ -113,7 +127,7 @@ class TusTransport(Transport):
         if self._error is not None:
             error = self._error
             if isinstance(error, httpx.TransportError):
-                raise ConnectionFailed(f"PATCH {self._url}: {error}") from error
+                raise connection_error(f"PATCH {self._url}", error) from error
             if isinstance(error, TransportError):
                 raise error
             raise ConnectionFailed(f"PATCH {self._url}: {error!r}") from error
