@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 
 import pytest
 
@@ -153,6 +154,7 @@ def test_promotion_interrupted_after_the_move_finishes_on_retry(ctx, alice):
     assert state_of(ctx, rid).state == S.verified
     # the sweep finds it stuck and the promote task finishes the job
     ctx.settings.stale_after = 0.001
+    time.sleep(0.01)
     assert verify.sweep(ctx)["promote"] == 1
     ctx.runner.run_all()
     assert state_of(ctx, rid).state == S.stored
@@ -222,6 +224,7 @@ def test_sweep_finishes_an_idle_upload_whose_bytes_all_arrived(ctx, alice):
     with ctx.staging.open_write(state_of(ctx, rid).key, 100) as w:
         w.write(data[100:])  # the rest landed, unrecorded
     ctx.settings.stale_after = 0.001
+    time.sleep(0.01)
     assert verify.sweep(ctx)["verify"] == 1
     ctx.runner.run_all()
     replica = state_of(ctx, rid)

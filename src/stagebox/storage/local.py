@@ -99,6 +99,7 @@ class _DirectWriter(StagedWriter):
         self._buf = mmap.mmap(-1, DIRECT_BUFFER)
         self._view = memoryview(self._buf)
         self._used = 0
+        self._zero_copy = True
         os.ftruncate(fd, offset)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -108,6 +109,19 @@ class _DirectWriter(StagedWriter):
             self._pwrite_all(self._fd, view[:head], self._flushed)
             self._flushed += head
             view = view[head:]
+        if self._used == 0 and len(view) >= ALIGN and self._zero_copy:
+            # A page-aligned caller buffer (the server's receive buffers are)
+            # goes to the disk as it is; anything else is copied first.
+            whole = len(view) - len(view) % ALIGN
+            try:
+                self._pwrite_all(self._direct, view[:whole], self._flushed)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._zero_copy = False
+            else:
+                self._flushed += whole
+                view = view[whole:]
         while view:
             take = min(len(view), DIRECT_BUFFER - self._used)
             self._view[self._used : self._used + take] = view[:take]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import mmap
 from collections.abc import Callable
 
 from fastapi import Request
@@ -11,31 +12,43 @@ from starlette.concurrency import run_in_threadpool
 PIECE = 1 << 20
 
 
-async def pump(request: Request, consume: Callable[[bytearray], None]) -> int:
-    """Stream the body into ``consume`` in ~1 MiB pieces, in order; returns bytes consumed.
+async def pump(request: Request, consume: Callable[[memoryview], None]) -> int:
+    """Stream the body into ``consume`` in 1 MiB pieces, in order; returns bytes consumed.
 
     One piece is consumed (hashed and written, both of which release the GIL)
-    on a worker thread while the event loop keeps receiving the next, so the
-    socket never waits for the disk. At most two pieces are held at once.
+    on a worker thread while the event loop fills the other, so the socket
+    never waits for the disk. The two pieces are page-aligned buffers reused
+    for the whole body: no allocation per piece, and a direct-I/O writer can
+    take them as they are.
     """
-    total = 0
-    buf = bytearray()
+    buffers = (mmap.mmap(-1, PIECE), mmap.mmap(-1, PIECE))
+    current, fill, total = 0, 0, 0
     pending: asyncio.Future[None] | None = None
+
+    async def hand_over(size: int) -> None:
+        nonlocal pending, total
+        if pending is not None:
+            await pending
+        piece = memoryview(buffers[current])[:size]
+        pending = asyncio.ensure_future(run_in_threadpool(consume, piece))
+        total += size
+
     try:
         async for chunk in request.stream():
-            buf += chunk
-            if len(buf) >= PIECE:
-                if pending is not None:
-                    await pending
-                piece, buf = buf, bytearray()
-                total += len(piece)
-                pending = asyncio.ensure_future(run_in_threadpool(consume, piece))
+            view = memoryview(chunk)
+            while view:
+                take = min(PIECE - fill, len(view))
+                buffers[current][fill : fill + take] = view[:take]
+                fill += take
+                view = view[take:]
+                if fill == PIECE:
+                    await hand_over(fill)
+                    current, fill = current ^ 1, 0
+        if fill:
+            await hand_over(fill)
         if pending is not None:
             await pending
             pending = None
-        if buf:
-            await run_in_threadpool(consume, buf)
-            total += len(buf)
     finally:
         if pending is not None:  # the body broke off: let the last piece land first
             await asyncio.gather(pending, return_exceptions=True)

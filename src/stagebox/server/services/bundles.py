@@ -41,7 +41,7 @@ class BundleReceiver:
         self._expected = 0
         self._digests: dict[int, dict[str, str]] = {}
 
-    def feed(self, data: bytes | bytearray) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
         if len(self._buf) > self._ctx.settings.max_bundle_bytes:
             raise LengthExceeded(
