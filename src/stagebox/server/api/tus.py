@@ -40,14 +40,14 @@ def _int_header(request: Request, name: str) -> int:
     raw = request.headers.get(name)
     if raw is None:
         raise InvalidInput(name, "header is required")
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise InvalidInput(name, "must be a non-negative integer")
     return int(raw)
 
 
 def _content_length(request: Request) -> int | None:
     raw = request.headers.get("content-length")
-    return int(raw) if raw and raw.isdigit() else None
+    return int(raw) if raw and raw.isascii() and raw.isdigit() else None
 
 
 @router.options("/")

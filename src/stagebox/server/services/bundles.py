@@ -65,8 +65,8 @@ class BundleReceiver:
             manifest = BundleManifest.model_validate_json(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise InvalidInput(f"manifest.{where}", first["msg"]) from None
+            where = ".".join(["manifest", *(str(p) for p in first["loc"])])
+            raise InvalidInput(where, first["msg"]) from None
         del self._buf[: HEADER.size + size]
         self._load(manifest.files)
         self._entries = manifest.files

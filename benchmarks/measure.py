@@ -1,0 +1,176 @@
+"""Run one client command and measure it, plus the server it talks to.
+
+- wall seconds: from just before the client is spawned to its exit (``os.wait4``).
+- client CPU: user+sys from ``wait4``'s rusage (the client and every descendant it reaped,
+  e.g. the ``ssh`` under ``scp``).
+- server CPU: delta of user+sys+children_user+children_system of the long-lived server
+  process (sshd reaps its per-connection sessions, so their CPU lands in its children
+  times; we wait for those sessions to end before reading it).
+- peak RSS: every 50 ms psutil samples each process tree; the peak is the larger of the
+  highest summed RSS of the tree and the largest kernel high-water mark (``VmHWM``, exact
+  per process since its exec) seen in it. Both are lower bounds of the true tree peak; for
+  a single-process client or server (stagebox) the second is exact up to the last 50 ms.
+  (``wait4``'s ``ru_maxrss`` is not used: Linux carries the parent's high-water mark across
+  vfork+exec, so it would report the harness's own size.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+POLL_SECONDS = 0.05
+MiB = 1 << 20
+
+
+def tree_rss(proc: psutil.Process) -> tuple[int, int]:
+    """Summed RSS of the tree now, and the largest ``VmHWM`` of any process in it."""
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0, 0
+    total = hwm = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+            hwm = max(hwm, vm_hwm(p.pid))
+    return total, hwm
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User+sys of the process itself and of all children it has reaped."""
+    t = proc.cpu_times()
+    return float(t.user + t.system + t.children_user + t.children_system)
+
+
+def vm_hwm(pid: int) -> int:
+    """The kernel's peak resident set size of one process, in bytes (0 when unknown)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class Poller(threading.Thread):
+    """Samples the summed RSS of some process trees until stopped; keeps the peaks."""
+
+    def __init__(self, targets: Mapping[str, psutil.Process]) -> None:
+        super().__init__(daemon=True)
+        self.targets = dict(targets)
+        self.peaks = dict.fromkeys(self.targets, 0)
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def sample(self) -> None:
+        for name, proc in self.targets.items():
+            rss, hwm = tree_rss(proc)
+            self.peaks[name] = max(self.peaks[name], rss, hwm)
+        self.samples += 1
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.sample()
+            self._stop_event.wait(POLL_SECONDS)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+@dataclass
+class Measurement:
+    wall_s: float
+    exit_code: int
+    client_cpu_s: float
+    client_peak_rss: int
+    server_cpu_s: float | None
+    server_peak_rss: int | None
+    samples: int
+
+    @property
+    def cpu_s(self) -> float:
+        return self.client_cpu_s + (self.server_cpu_s or 0.0)
+
+
+def wait_for_no_children(proc: psutil.Process, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not proc.children():
+                return
+        except psutil.Error:
+            return
+        time.sleep(0.02)
+
+
+def run_measured(
+    cmd: Sequence[str],
+    *,
+    stdout: Path,
+    stderr: Path,
+    env: Mapping[str, str] | None = None,
+    server: psutil.Process | None = None,
+    drain_server_children: bool = False,
+    timeout: float = 1800.0,
+) -> Measurement:
+    """Run ``cmd`` to completion while sampling it and ``server``; never raises on exit code."""
+    server_cpu0 = cpu_seconds(server) if server is not None else 0.0
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            list(cmd), stdout=out, stderr=err, env=dict(env or os.environ), start_new_session=True
+        )
+        targets = {"client": psutil.Process(proc.pid)}
+        if server is not None:
+            targets["server"] = server
+        poller = Poller(targets)
+        poller.start()
+
+        def on_timeout() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        watchdog = threading.Timer(timeout, on_timeout)
+        watchdog.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # interrupted: the client must not outlive the harness
+            on_timeout()
+            os.wait4(proc.pid, 0)
+            proc.returncode = -signal.SIGKILL
+            poller.stop()
+            raise
+        finally:
+            watchdog.cancel()
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if server is not None and drain_server_children:
+        wait_for_no_children(server, timeout=10.0)
+    poller.sample()
+    poller.stop()
+    server_cpu = server_peak = None
+    if server is not None:
+        server_cpu = cpu_seconds(server) - server_cpu0
+        server_peak = poller.peaks["server"]
+    return Measurement(
+        wall_s=wall,
+        exit_code=proc.returncode,
+        client_cpu_s=usage.ru_utime + usage.ru_stime,
+        client_peak_rss=poller.peaks["client"],
+        server_cpu_s=server_cpu,
+        server_peak_rss=server_peak,
+        samples=poller.samples,
+    )

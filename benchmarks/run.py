@@ -1,0 +1,187 @@
+"""``python -m benchmarks.run --quick|--full``: run the cases, write benchmarks/results/latest.*"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psutil
+
+from benchmarks import report
+from benchmarks.cases import CASES, CaseResult, execute
+from benchmarks.servers import Sshd
+from benchmarks.sides import Bench, Profile
+from benchmarks.workloads import GiB, MiB
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "work"
+RESULTS = HERE / "results"
+
+PROFILES = {
+    "quick": Profile("quick", 256 * MiB, 2_000, 20, 4096, 1 * GiB, 1, 3, 0, 1),
+    "full": Profile("full", 1 * GiB, 10_000, 20, 4096, 4 * GiB, 1, 3, 0, 2),
+}
+
+METHOD = [
+    "Sides alternate run by run (stagebox, peer, stagebox, peer, ...); the first round is a "
+    "warm-up, recorded in latest.json but not counted. Ratios are stagebox/peer per round, "
+    "then the median of those ratios.",
+    "Every stagebox run gets a fresh server process and data dir (started and given an "
+    "uploader token before the clock starts), a fresh client journal (STAGEBOX_STATE_DIR) "
+    "and a fresh dataset name; its --json totals must say files == verified, 0 skipped, "
+    "0 failed. scp/rsync write into an emptied folder whose contents are checked afterwards.",
+    "`sync` runs (untimed) before every timed run. Workloads are read from the page cache "
+    "by both sides alike (the warm-up reads them first).",
+    "Wall time spans spawn to exit of the client command (python start-up included for "
+    "stagebox). Throughput: MB/s = 10^6 bytes/s, or files/s.",
+    "CPU s: client = user+sys of the client tree from wait4(); server = delta of user+sys "
+    "(self and reaped children) of the stagebox server or of the sshd listener (sessions "
+    "are awaited before reading it).",
+    "Peak RSS: every 50 ms psutil samples each process tree (client; server = stagebox "
+    "server or sshd listener with its sessions); the peak is the larger of the highest "
+    "summed RSS and the largest per-process kernel high-water mark (VmHWM) seen. Memory "
+    "targets use the worst counted run.",
+    "stagebox server runs with its defaults (durable=true: fsync before stored; O_DIRECT "
+    "for large uploads; sha256 on both sides). scp/rsync do not fsync and do not verify "
+    "end to end beyond the ssh MAC.",
+]
+
+
+def _first_line(cmd: list[str], stderr: bool = False) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    text = (out.stderr if stderr else out.stdout).strip()
+    return text.splitlines()[0] if text else "unavailable"
+
+
+def machine_facts() -> dict[str, str]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    os_name = platform.platform()
+    if Path("/etc/os-release").exists():
+        m = re.search(r'^PRETTY_NAME="?([^"\n]*)', Path("/etc/os-release").read_text(), re.M)
+        os_name = m.group(1) if m else os_name
+    fs = max(
+        (p for p in psutil.disk_partitions(all=True) if str(WORK).startswith(p.mountpoint)),
+        key=lambda p: len(p.mountpoint),
+        default=None,
+    )
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return {
+        "CPU": model,
+        "cores": f"{os.cpu_count()} logical, {psutil.cpu_count(logical=False)} physical",
+        "RAM": f"{psutil.virtual_memory().total / GiB:.1f} GiB",
+        "kernel": platform.release(),
+        "OS": os_name,
+        "work dir filesystem": f"{fs.fstype} on {fs.device}" if fs else "unknown",
+        "load average 1/5/15 min, at start": load,
+    }
+
+
+def versions(sshd: Sshd | None) -> dict[str, str]:
+    found = {
+        "python": platform.python_version(),
+        "stagebox": version("stagebox"),
+        "OpenSSH": _first_line(["ssh", "-V"], stderr=True),
+        "rsync": _first_line(["rsync", "--version"]),
+        "curl": _first_line(["curl", "--version"]),
+        "rclone": _first_line(["rclone", "version"]),
+        "psutil": psutil.__version__,
+    }
+    if sshd is not None:
+        found["ssh cipher (negotiated)"] = negotiated_cipher(sshd)
+    return found
+
+
+def negotiated_cipher(sshd: Sshd) -> str:
+    cmd = ["ssh", "-v", "-p", str(sshd.port), *sshd.ssh_options(), f"{sshd.user}@127.0.0.1", "true"]
+    cmd[cmd.index("LogLevel=ERROR")] = "LogLevel=DEBUG1"
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    m = re.search(r"kex: client->server cipher: (\S+) MAC: (\S+)", out.stderr)
+    return f"{m.group(1)} (MAC {m.group(2)})" if m else "unknown"
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes")
+    mode.add_argument("--full", action="store_true", help="real sizes, under 20 minutes")
+    mode.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument("--only", action="append", metavar="CASE", help="run only CASE")
+    args = parser.parse_args(argv)
+    if args.list:
+        for case in CASES:
+            plan = case.plan(PROFILES["full"])
+            print(f"{case.name:<12} {plan.title}{'' if case.run else '  [not written yet]'}")
+        return 0
+    names = [c.name for c in CASES]
+    unknown = set(args.only or ()) - set(names)
+    if unknown:
+        parser.error(f"unknown case(s) {sorted(unknown)}; cases: {', '.join(names)}")
+    profile = PROFILES["quick" if args.quick else "full"]
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    start_stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    bench = Bench(profile=profile, work=WORK)
+    need = 2 * profile.mem_bytes + 3 * profile.big_bytes + (1 << 30)
+    free = shutil.disk_usage(WORK.parent).free
+    if free < need:
+        print(f"only {free / GiB:.1f} GiB free under {WORK.parent}, need ~{need / GiB:.0f} GiB")
+        return 2
+    results: list[CaseResult] = []
+    meta: dict[str, Any] = {"mode": profile.name, "started": start_stamp}
+    print(f"stagebox benchmarks ({profile.name}), work dir {WORK}", flush=True)
+    shutil.rmtree(WORK / "runs", ignore_errors=True)  # failed runs stay until the next start
+    sshd = Sshd(WORK / "sshd")
+    try:
+        try:
+            sshd.start()
+            bench.sshd = sshd
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            bench.sshd_error = str(exc)
+            print(f"sshd unavailable: {exc}", flush=True)
+        meta["machine"] = machine_facts()
+        meta["versions"] = versions(bench.sshd)
+        for case in CASES:
+            if args.only and case.name not in args.only:
+                continue
+            results.append(execute(case, bench))
+    finally:
+        sshd.stop()
+        meta.setdefault("machine", machine_facts())
+        meta.setdefault("versions", versions(None))
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        meta["machine"]["load average 1/5/15 min, at end"] = load
+        meta["profile"] = profile.__dict__
+        meta["method"] = METHOD
+        meta["duration_s"] = time.monotonic() - started
+        meta["command"] = " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])])
+        path = report.write(RESULTS, meta, results)
+        print(f"wrote {path} and {path.with_suffix('.json')} in {meta['duration_s']:.0f} s")
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

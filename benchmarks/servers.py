@@ -1,0 +1,211 @@
+"""Servers the benchmarks talk to: a fresh ``stagebox serve`` per run and one local sshd."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stagebox_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stagebox", *args]
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM the process group of ``proc`` (started with a new session), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    try:  # descendants that left the group (sshd sessions call setsid) are ended by pid
+        strays = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        strays = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for child in strays:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
+@dataclass
+class StageboxServer:
+    """``stagebox serve`` on a fresh data dir; started before the timed region."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / "server.log"
+
+    @property
+    def process(self) -> psutil.Process:
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid)
+
+    def add_uploader(self, name: str) -> str:
+        out = subprocess.run(
+            stagebox_cmd("admin", "--data-dir", str(self.data_dir), "uploader", "add", name),
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env},
+        )
+        return out.stdout.strip()
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                stagebox_cmd("serve", "--data-dir", str(self.data_dir), "--port", str(self.port)),
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"stagebox server exited early:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"stagebox server not healthy:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+        self.proc = None
+
+
+SSHD_CONFIG = """\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {dir}/ssh_host_ed25519_key
+PidFile {dir}/sshd.pid
+AuthorizedKeysFile {dir}/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+StrictModes no
+UsePAM no
+UseDNS no
+PrintMotd no
+Subsystem sftp internal-sftp
+"""
+
+
+@dataclass
+class Sshd:
+    """OpenSSH sshd on 127.0.0.1 with generated host and client keys, in ``root``."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    user: str = field(default_factory=getpass.getuser)
+
+    @property
+    def key(self) -> Path:
+        return self.root / "client_ed25519"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "sshd.log"
+
+    @property
+    def process(self) -> psutil.Process:
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid)
+
+    def ssh_options(self) -> list[str]:
+        return [
+            "-i",
+            str(self.key),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ]
+
+    def ssh_command(self) -> str:
+        """The ``-e`` argument for rsync."""
+        return " ".join(["ssh", "-p", str(self.port), *self.ssh_options()])
+
+    def remote(self, path: Path) -> str:
+        return f"{self.user}@127.0.0.1:{path}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        if not SSHD.exists():
+            raise RuntimeError(f"{SSHD} not found (make system-deps installs openssh-server)")
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True)
+        keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", ""]
+        subprocess.run([*keygen, "-f", str(self.root / "ssh_host_ed25519_key")], check=True)
+        subprocess.run([*keygen, "-f", str(self.key)], check=True)
+        shutil.copy(self.key.with_suffix(".pub"), self.root / "authorized_keys")
+        config = self.root / "sshd_config"
+        config.write_text(SSHD_CONFIG.format(port=self.port, dir=self.root))
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(SSHD), "-t", "-f", str(config)], check=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(SSHD), "-D", "-e", "-f", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        probe = ["ssh", "-p", str(self.port), *self.ssh_options(), f"{self.user}@127.0.0.1"]
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited early:\n{self.log_path.read_text()}")
+            ok = subprocess.run([*probe, "true"], capture_output=True, timeout=10)
+            if ok.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"cannot ssh to the benchmark sshd:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+        self.proc = None

@@ -1,0 +1,104 @@
+"""Workloads: generated once under ``benchmarks/work/workloads`` and reused while they fit.
+
+A marker file beside each workload records what was generated; a workload whose marker is
+missing or different (an interrupted generation, another size) is generated again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+MiB = 1 << 20
+GiB = 1 << 30
+BLOCK = 64 * MiB
+
+
+def human_size(n: int) -> str:
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n}B"
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".ok.json")
+
+
+def _is_ready(path: Path, spec: dict[str, object]) -> bool:
+    marker = _marker(path)
+    if not (marker.exists() and path.exists()):
+        return False
+    try:
+        return bool(json.loads(marker.read_text()) == spec)
+    except ValueError:
+        return False
+
+
+def _mark(path: Path, spec: dict[str, object]) -> None:
+    _marker(path).write_text(json.dumps(spec))
+
+
+def big_file(root: Path, size: int, *, repeat_block: bool) -> Path:
+    """A folder holding one file of ``size`` bytes; returns the folder.
+
+    ``repeat_block=False``: every byte from ``os.urandom``. ``repeat_block=True``: one 64 MiB
+    random block repeated, each copy stamped with its index in the first 8 bytes (non-zero,
+    not sparse, and no two blocks alike), which is much faster for multi-GiB files.
+    """
+    kind = "repeated-64MiB-block" if repeat_block else "urandom"
+    folder = root / f"big-{human_size(size)}-{kind}"
+    path = folder / "data.bin"
+    spec: dict[str, object] = {"size": size, "kind": kind}
+    if _is_ready(folder, spec) and path.exists() and path.stat().st_size == size:
+        return folder
+    print(f"  generating {path} ({human_size(size)}, {kind})", flush=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    _marker(folder).unlink(missing_ok=True)
+    folder.mkdir(parents=True)
+    block = bytearray(os.urandom(BLOCK)) if repeat_block else bytearray()
+    tmp = folder.parent / (folder.name + ".tmp")
+    with open(tmp, "wb") as f:
+        written, index = 0, 0
+        while written < size:
+            n = min(BLOCK, size - written)
+            if repeat_block:
+                block[:8] = index.to_bytes(8, "little")
+                f.write(memoryview(block)[:n])
+            else:
+                f.write(os.urandom(n))
+            written += n
+            index += 1
+    os.replace(tmp, path)
+    _mark(folder, spec)
+    return folder
+
+
+def small_tree(root: Path, files: int, folders: int, size: int) -> Path:
+    """``files`` files of ``size`` random bytes spread evenly over ``folders`` folders."""
+    tree = root / f"small-{files}x{human_size(size)}-in-{folders}"
+    spec: dict[str, object] = {"files": files, "folders": folders, "size": size}
+    if _is_ready(tree, spec):
+        return tree
+    print(f"  generating {tree} ({files} files of {human_size(size)})", flush=True)
+    shutil.rmtree(tree, ignore_errors=True)
+    _marker(tree).unlink(missing_ok=True)
+    for i in range(files):
+        folder = tree / f"dir{i % folders:02d}"
+        if i < folders:
+            folder.mkdir(parents=True)
+        (folder / f"file{i:06d}.bin").write_bytes(os.urandom(size))
+    _mark(tree, spec)
+    return tree
+
+
+def count_files(tree: Path) -> tuple[int, int]:
+    """Number of regular files under ``tree`` and their total size."""
+    count = total = 0
+    for dirpath, _, names in os.walk(tree):
+        for name in names:
+            count += 1
+            total += os.path.getsize(os.path.join(dirpath, name))
+    return count, total
