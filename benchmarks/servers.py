@@ -7,27 +7,16 @@ import getpass
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psutil
 
+from stagebox.server.process import ServerProcess, free_port
+
 SSHD = Path("/usr/sbin/sshd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stagebox_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "stagebox", *args]
 
 
 def stop_group(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -52,62 +41,17 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 
 
 @dataclass
-class StageboxServer:
+class StageboxServer(ServerProcess):
     """``stagebox serve`` on a fresh data dir; started before the timed region."""
-
-    data_dir: Path
-    port: int = field(default_factory=free_port)
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir.parent / "server.log"
 
     @property
     def process(self) -> psutil.Process:
         assert self.proc is not None
         return psutil.Process(self.proc.pid)
 
-    def add_uploader(self, name: str) -> str:
-        out = subprocess.run(
-            stagebox_cmd("admin", "--data-dir", str(self.data_dir), "uploader", "add", name),
-            check=True,
-            capture_output=True,
-            text=True,
-            env={**os.environ, **self.env},
-        )
-        return out.stdout.strip()
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                stagebox_cmd("serve", "--data-dir", str(self.data_dir), "--port", str(self.port)),
-                env={**os.environ, **self.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"stagebox server exited early:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"stagebox server not healthy:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
+    def stop(self, timeout: float = 15.0) -> None:
         if self.proc is not None:
-            stop_group(self.proc)
+            stop_group(self.proc, timeout)
         self.proc = None
 
 

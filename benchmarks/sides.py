@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import Measurement, run_measured
-from benchmarks.servers import Sshd, StageboxServer, stagebox_cmd
+from benchmarks.servers import Sshd, StageboxServer
 from benchmarks.workloads import count_files
+from stagebox.server.process import stagebox_cmd
 
 Record = dict[str, Any]
 

@@ -59,6 +59,19 @@ def staged_size(server: StageboxServer) -> int:
     return max((p.stat().st_size for p in files), default=0)
 
 
+def start_slow_upload(
+    server: StageboxServer, token: str, src: Path, staged_at_least: int
+) -> subprocess.Popen[bytes]:
+    """An upload of SRC as dataset "d" at 8 MB/s, returned once some bytes are staged."""
+    proc = subprocess.Popen(
+        upload_cmd(server, token, src, "--dataset", "d", "--bwlimit", "8"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    wait_for(lambda: staged_size(server) > staged_at_least, what="some bytes staged")
+    return proc
+
+
 def all_datafiles(api: httpx.Client) -> list[dict]:
     items, cursor = [], None
     while True:
@@ -147,13 +160,8 @@ def test_client_killed_mid_file_resumes_without_resending(
     # given a 24 MB file sent at 8 MB/s
     data = os.urandom(24_000_000)
     src = make_tree(tmp_path / "src", {"big.bin": data})
-    proc = subprocess.Popen(
-        upload_cmd(server, token, src, "--dataset", "d", "--bwlimit", "8"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_slow_upload(server, token, src, staged_at_least=4_000_000)
     # when the client is killed -9 part way through
-    wait_for(lambda: staged_size(server) > 4_000_000, what="some bytes staged")
     proc.kill()
     proc.communicate()
     wait_for(
@@ -183,12 +191,7 @@ def test_server_killed_mid_upload_client_resumes_after_restart(
 ):
     data = os.urandom(20_000_000)
     src = make_tree(tmp_path / "src", {"big.bin": data})
-    proc = subprocess.Popen(
-        upload_cmd(server, token, src, "--dataset", "d", "--bwlimit", "8"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    wait_for(lambda: staged_size(server) > 4_000_000, what="some bytes staged")
+    proc = start_slow_upload(server, token, src, staged_at_least=4_000_000)
     # when the server dies without warning and comes back on the same port
     server.kill()
     time.sleep(0.5)
@@ -205,12 +208,7 @@ def test_file_changing_during_upload_fails_and_nothing_is_stored(
     server: StageboxServer, token: str, api: httpx.Client, tmp_path: Path
 ):
     src = make_tree(tmp_path / "src", {"growing.log": os.urandom(16_000_000)})
-    proc = subprocess.Popen(
-        upload_cmd(server, token, src, "--dataset", "d", "--bwlimit", "8"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    wait_for(lambda: staged_size(server) > 2_000_000, what="some bytes staged")
+    proc = start_slow_upload(server, token, src, staged_at_least=2_000_000)
     with open(src / "growing.log", "ab") as f:
         f.write(b"appended while sending")
     out, _ = proc.communicate(timeout=60)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stagebox.server.process import ServerProcess, stagebox_cmd
+
 SAMPLE = {
     "Alice/Exp-2026-11/Dataset-A/image_0001.tif": 256 * 1024,
     "Alice/Exp-2026-11/Dataset-A/image_0002.tif": 256 * 1024,
@@ -23,12 +23,6 @@ SAMPLE = {
     "Bob/Calibration/Dataset-C/notes.txt": 1200,
     "Bob/Calibration/Dataset-C/empty.flag": 0,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _make_sample(root: Path) -> None:
@@ -41,30 +35,19 @@ def _make_sample(root: Path) -> None:
 def demo() -> None:
     """Start a server on a temporary data dir, upload a sample tree, show the catalog."""
     console = Console()
-    stagebox = [sys.executable, "-m", "stagebox"]
     with tempfile.TemporaryDirectory(prefix="stagebox-demo-") as tmp:
         root = Path(tmp)
         data_dir, src = root / "server", root / "instrument-pc"
         _make_sample(src)
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "STAGEBOX_STATE_DIR": str(root / "client-state")}
-        token = subprocess.run(
-            [*stagebox, "admin", "--data-dir", str(data_dir), "uploader", "add", "demo-pc"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        server = ServerProcess(data_dir)
+        token = server.add_uploader("demo-pc")
+        url = server.url
         console.print(f"[bold]server[/] {url}  data dir {data_dir}")
-        server = subprocess.Popen(
-            [*stagebox, "serve", "--data-dir", str(data_dir), "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        server.start()
         try:
-            _wait_healthy(url)
             console.print("[bold]upload[/] structure username/experiment/dataset")
-            upload = [*stagebox, "upload", str(src), "--server", url, "--token", token]
+            upload = [*stagebox_cmd("upload"), str(src), "--server", url, "--token", token]
             result = subprocess.run(
                 [*upload, "--structure", "username/experiment/dataset"], env=env
             )
@@ -72,21 +55,8 @@ def demo() -> None:
             subprocess.run([*upload, "--structure", "username/experiment/dataset"], env=env)
             _show_catalog(console, url, token)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
     raise typer.Exit(result.returncode)
-
-
-def _wait_healthy(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("the demo server did not start")
 
 
 def _show_catalog(console: Console, url: str, token: str) -> None:
