@@ -9,11 +9,11 @@ from collections.abc import Callable
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-PIECE = 1 << 20
+PIECE = 4 << 20
 
 
 async def pump(request: Request, consume: Callable[[memoryview], None]) -> int:
-    """Stream the body into ``consume`` in 1 MiB pieces, in order; returns bytes consumed.
+    """Stream the body into ``consume`` in 4 MiB pieces, in order; returns bytes consumed.
 
     One piece is consumed (hashed and written, both of which release the GIL)
     on a worker thread while the event loop fills the other, so the socket
