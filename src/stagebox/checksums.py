@@ -56,11 +56,3 @@ class MultiHasher:
             self.update(chunk)
             read += len(chunk)
         return read
-
-
-def file_digests(path: str, algorithms: Iterable[str] = ("sha256",)) -> dict[str, str]:
-    """Hash a whole file; used where bytes were not seen as they moved."""
-    hasher = MultiHasher(algorithms)
-    with open(path, "rb") as f:
-        hasher.update_from(f)
-    return hasher.hexdigests()

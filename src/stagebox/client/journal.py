@@ -107,11 +107,6 @@ class Journal:
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def forget(self, path: Path) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM verified WHERE path = ?", (str(path),))
-            self._db.execute("DELETE FROM uploads WHERE path = ?", (str(path),))
-
     def close(self) -> None:
         with self._lock:
             self._db.close()

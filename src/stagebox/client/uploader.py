@@ -24,7 +24,7 @@ from stagebox.client.journal import Journal
 from stagebox.client.progress import FileResult, ProgressCallback, ProgressEvent, ignore
 from stagebox.client.ratelimit import RateLimiter
 from stagebox.client.scan import LocalFile
-from stagebox.errors import ChangedDuringUpload, ServerError, StageboxError
+from stagebox.errors import ChangedDuringUpload, ConnectionFailed, ServerError, StageboxError
 from stagebox.transports import Transport, TusTransport
 from stagebox.wire import BUNDLE_CONTENT_TYPE, encode_bundle_header
 
@@ -325,7 +325,9 @@ class Uploader:
             except StageboxError as exc:
                 exc.bytes_sent = pos - offset  # type: ignore[attr-defined]
                 raise
-            transport.finish()
+            staged = transport.finish()
+        if staged != file.size:
+            raise ConnectionFailed(f"the server holds {staged} of {file.size} bytes; resuming")
         return hasher.hexdigests(), pos - offset
 
     def _discard(self, url: str) -> None:

@@ -131,12 +131,11 @@ def register_one(
     index: int | None = None,
     dataset: Dataset | None = None,
     existing: Datafile | None = None,
-    lookup: bool = True,
 ) -> tuple[Datafile, Replica, bool]:
     """Register (or find) one datafile; returns it, its replica and whether to skip."""
     if dataset is None:
         dataset = _dataset(session, uploader, item.dataset, item.experiment or "", item.owner or "")
-    if existing is None and lookup:
+    if existing is None:
         existing = session.scalar(
             select(Datafile).where(
                 Datafile.dataset_id == dataset.id,

@@ -233,6 +233,7 @@ def sweep(ctx: ServerContext) -> dict[str, int]:
         )
         for replica in expired:
             ctx.backend(replica.box_id).delete(replica.key)
+            ctx.forget_upload(replica.upload_token or "")
             transition(
                 session,
                 replica,
