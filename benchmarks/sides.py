@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -159,22 +160,38 @@ def stagebox_upload(b: Bench, src: Path, files: int, nbytes: int, label: str) ->
     )
 
 
-def scp_copy(b: Bench, path: Path, label: str) -> Record:
-    """``scp`` one file into an empty folder on the local sshd."""
+def _to_sshd(
+    b: Bench, label: str, command: Callable[[Sshd, Path], list[str]]
+) -> tuple[Measurement, Path, Path, Path]:
+    """Run an ssh peer tool into an empty folder on the local sshd, measured.
+
+    Returns the measurement, the destination, the run dir and the stderr file.
+    """
     sshd = b.need_sshd()
     run_dir = b.fresh_dir(label)
     dest = run_dir / "dest"
     dest.mkdir()
-    cmd = ["scp", "-q", "-P", str(sshd.port), *sshd.ssh_options(), str(path), sshd.remote(dest)]
     os.sync()
     err = run_dir / "client.err"
     m = run_measured(
-        cmd,
+        command(sshd, dest),
         stdout=run_dir / "client.out",
         stderr=err,
         server=sshd.process,
         drain_server_children=True,
     )
+    return m, dest, run_dir, err
+
+
+def scp_copy(b: Bench, path: Path, label: str) -> Record:
+    """``scp`` one file into an empty folder on the local sshd."""
+    m, dest, run_dir, err = _to_sshd(
+        b,
+        label,
+        lambda sshd, dest: [
+            "scp", "-q", "-P", str(sshd.port), *sshd.ssh_options(), str(path), sshd.remote(dest)
+        ],
+    )  # fmt: skip
     got = dest / path.name
     size = path.stat().st_size
     if m.exit_code != 0 or not got.exists() or got.stat().st_size != size:
@@ -185,20 +202,13 @@ def scp_copy(b: Bench, path: Path, label: str) -> Record:
 
 def rsync_tree(b: Bench, src: Path, files: int, nbytes: int, label: str) -> Record:
     """``rsync -a -e ssh`` of a tree into an empty folder on the local sshd."""
-    sshd = b.need_sshd()
-    run_dir = b.fresh_dir(label)
-    dest = run_dir / "dest"
-    dest.mkdir()
-    cmd = ["rsync", "-a", "-e", sshd.ssh_command(), f"{src}/", sshd.remote(dest) + "/"]
-    os.sync()
-    err = run_dir / "client.err"
-    m = run_measured(
-        cmd,
-        stdout=run_dir / "client.out",
-        stderr=err,
-        server=sshd.process,
-        drain_server_children=True,
-    )
+    m, dest, run_dir, err = _to_sshd(
+        b,
+        label,
+        lambda sshd, dest: [
+            "rsync", "-a", "-e", sshd.ssh_command(), f"{src}/", sshd.remote(dest) + "/"
+        ],
+    )  # fmt: skip
     got = count_files(dest)
     if m.exit_code != 0 or got != (files, nbytes):
         raise RunFailed(
