@@ -13,7 +13,7 @@ def test_verified_files_are_remembered_by_size_and_mtime(tmp_path):
     assert not journal.is_verified(p, 10, 112)  # touched since
     assert not journal.is_verified(p, 11, 111)  # grew since
     assert journal.open_upload(p) is None  # verified clears the open upload
-    assert journal.verified_paths() == {str(p): (10, 111)}
+    assert journal.verified_among([str(p), "/elsewhere"]) == {str(p): (10, 111)}
     journal.close()
     assert Journal(tmp_path / "j.db").is_verified(p, 10, 111)  # survives a restart
 

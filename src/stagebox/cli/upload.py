@@ -7,7 +7,7 @@ import ssl
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
@@ -27,7 +27,7 @@ from stagebox.client.journal import Journal
 from stagebox.client.progress import ProgressEvent
 from stagebox.client.scan import STRUCTURES, ScanRules, scan
 from stagebox.client.uploader import Uploader, UploadOptions, UploadReport
-from stagebox.errors import ConfigError
+from stagebox.errors import ConfigError, StageboxError
 
 
 class RichProgress:
@@ -73,24 +73,47 @@ class RichProgress:
             p.update(self._total, description=f"files {self._done}/{self._planned}")
 
 
+class JsonReport:
+    """Streams the ``--json`` report: each file as it finishes, the totals at the end.
+
+    The output is one JSON object, however many files the tree holds, and
+    nothing of it is kept in memory.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+        self._first = True
+        out.write('{"files": [')
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.kind != "finished" or event.result is None:
+            return
+        line = json.dumps(event.result.to_json())
+        with self._lock:
+            self._out.write(("\n" if self._first else ",\n") + line)
+            self._first = False
+
+    def close(self, report: UploadReport, error: str | None = None) -> None:
+        tail: dict[str, object] = {"totals": report.totals()}
+        if error:
+            tail["error"] = error
+        self._out.write("\n], " + json.dumps(tail)[1:] + "\n")
+        self._out.flush()
+
+
 def render(report: UploadReport, console: Console) -> None:
-    failed = [r for r in report.results if r.state == "failed"]
-    if failed:
+    if report.failures:
         table = Table("failed file", "error", title="failures", title_justify="left")
-        for r in failed[:50]:
+        for r in report.failures[:50]:
             table.add_row(r.file.display, r.error or "")
-        if len(failed) > 50:
-            table.add_row(f"... and {len(failed) - 50} more", "")
+        if report.counts["failed"] > 50:
+            table.add_row(f"... and {report.counts['failed'] - 50} more", "")
         console.print(table)
-    totals = report.to_json()["totals"]
-    assert isinstance(totals, dict)
-    summary = Table("files", "verified", "skipped", "failed", "bytes sent", "seconds")
-    summary.add_row(
-        *(
-            str(totals[k])
-            for k in ("files", "verified", "skipped", "failed", "bytes_sent", "seconds")
-        )
-    )
+    totals = report.totals()
+    columns = ("files", "verified", "skipped", "failed", "bytes_sent", "seconds")
+    summary = Table(*(c.replace("_", " ") for c in columns))
+    summary.add_row(*(str(totals[k]) for k in columns))
     console.print(summary)
 
 
@@ -133,8 +156,14 @@ def upload(
     console = Console(stderr=True)
     try:
         if as_json:
-            report = Uploader(client, journal, options).run(scan(src, rules))
-            sys.stdout.write(json.dumps(report.to_json()) + "\n")
+            stream = JsonReport(sys.stdout)
+            uploader = Uploader(client, journal, options, progress=stream)
+            try:
+                report = uploader.run(scan(src, rules))
+            except StageboxError as exc:
+                stream.close(uploader.report, error=str(exc))
+                raise
+            stream.close(report)
         else:
             bars = RichProgress(console, options.small_file_bytes)
             with bars.progress:

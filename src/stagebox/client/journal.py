@@ -67,11 +67,18 @@ class Journal:
             ).fetchone()
         return row is not None and tuple(row) == (size, mtime_ns)
 
-    def verified_paths(self) -> dict[str, tuple[int, int]]:
-        """Everything verified, for a rescan of a large tree in one query."""
+    def verified_among(self, paths: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(size, mtime_ns) of those of ``paths`` that are verified: one query per batch."""
+        found: dict[str, tuple[int, int]] = {}
         with self._lock:
-            rows = self._db.execute("SELECT path, size, mtime_ns FROM verified").fetchall()
-        return {path: (size, mtime) for path, size, mtime in rows}
+            for start in range(0, len(paths), 500):
+                chunk = paths[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT path, size, mtime_ns FROM verified WHERE path IN ({marks})", chunk
+                ).fetchall()
+                found.update((path, (size, mtime)) for path, size, mtime in rows)
+        return found
 
     def record_verified(
         self, items: Sequence[tuple[Path, int, int, str | None, int | None]]

@@ -44,29 +44,46 @@ class UploadOptions:
     bwlimit: float = 0.0  # bytes per second for all threads together; 0 = unlimited
 
 
+MAX_FAILURES_KEPT = 1000
+
+
 @dataclass
 class UploadReport:
-    results: list[FileResult] = field(default_factory=list)
-    seconds: float = 0.0
+    """Totals of a run and its first failures: its size does not grow with the tree.
 
-    def count(self, state: str) -> int:
-        return sum(1 for r in self.results if r.state == state)
+    Each file's result goes to the progress listeners as it finishes (the
+    ``--json`` report streams them); only counters are kept here.
+    """
+
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"verified": 0, "skipped": 0, "failed": 0}
+    )
+    bytes_sent: int = 0
+    failures: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, result: FileResult) -> None:
+        with self._lock:
+            self.counts[result.state] += 1
+            self.bytes_sent += result.bytes_sent
+            if result.state == "failed" and len(self.failures) < MAX_FAILURES_KEPT:
+                self.failures.append(result)
+
+    @property
+    def files(self) -> int:
+        return sum(self.counts.values())
 
     @property
     def ok(self) -> bool:
-        return all(r.state != "failed" for r in self.results)
+        return self.counts["failed"] == 0
 
-    def to_json(self) -> dict[str, object]:
+    def totals(self) -> dict[str, int | float]:
         return {
-            "files": [r.to_json() for r in self.results],
-            "totals": {
-                "files": len(self.results),
-                "verified": self.count("verified"),
-                "skipped": self.count("skipped"),
-                "failed": self.count("failed"),
-                "bytes_sent": sum(r.bytes_sent for r in self.results),
-                "seconds": round(self.seconds, 3),
-            },
+            "files": self.files,
+            **self.counts,
+            "bytes_sent": self.bytes_sent,
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -112,52 +129,72 @@ class Uploader:
         self._bundle: list[tuple[LocalFile, dict[str, Any]]] = []
         self._bundle_size = 0
         self._limiter = RateLimiter(self.options.bwlimit)
+        self.report = UploadReport()
+        self._errors: list[BaseException] = []
+        self._slots = threading.BoundedSemaphore(self.options.threads * 2)
 
     # -- the run -----------------------------------------------------------
 
     def run(self, files: Iterable[LocalFile]) -> UploadReport:
+        """Upload every file; ``self.report`` holds the totals even if this raises."""
         started = time.monotonic()
-        report = UploadReport()
-        futures: list[Future[list[FileResult]]] = []
-        verified = self.journal.verified_paths()
-        with ThreadPoolExecutor(self.options.threads, thread_name_prefix="stagebox-up") as pool:
-            for batch in _batched(iter(files), REGISTER_BATCH):
-                to_register = []
-                for file in batch:
-                    if file.error:
-                        report.results.append(self._finish(file, "failed", error=file.error))
-                    elif verified.get(str(file.path)) == (file.size, file.mtime_ns):
-                        report.results.append(self._finish(file, "skipped"))
-                    else:
-                        to_register.append(file)
-                self.progress(
-                    ProgressEvent(
-                        "planned",
-                        files=len(to_register),
-                        nbytes=sum(f.size for f in to_register),
-                    )
-                )
-                for file, answer in self._register(to_register, report):
-                    self._dispatch(pool, futures, file, answer, report)
-                self._flush_bundle(pool, futures)
-            for future in futures:
-                report.results.extend(future.result())
-        for transport in self._transports:
-            transport.close()
-        self._transports.clear()
-        report.seconds = time.monotonic() - started
-        return report
+        self.report = UploadReport()
+        self._errors = []
+        # Work in flight is bounded, so memory does not grow with the tree.
+        self._slots = threading.BoundedSemaphore(self.options.threads * 2)
+        try:
+            with ThreadPoolExecutor(self.options.threads, thread_name_prefix="stagebox-up") as pool:
+                for batch in _batched(iter(files), REGISTER_BATCH):
+                    self._run_batch(pool, batch)
+                    if self._errors:
+                        break
+            if self._errors:
+                raise self._errors[0]
+        finally:
+            for transport in self._transports:
+                transport.close()
+            self._transports.clear()
+            self.report.seconds = time.monotonic() - started
+        return self.report
+
+    def _run_batch(self, pool: ThreadPoolExecutor, batch: list[LocalFile]) -> None:
+        verified = self.journal.verified_among([str(f.path) for f in batch])
+        to_register = []
+        for file in batch:
+            if file.error:
+                self._finish(file, "failed", error=file.error)
+            elif verified.get(str(file.path)) == (file.size, file.mtime_ns):
+                self._finish(file, "skipped")
+            else:
+                to_register.append(file)
+        self.progress(
+            ProgressEvent(
+                "planned", files=len(to_register), nbytes=sum(f.size for f in to_register)
+            )
+        )
+        for file, answer in self._register(to_register):
+            self._dispatch(pool, file, answer)
+        self._flush_bundle(pool)
+
+    def _submit(self, pool: ThreadPoolExecutor, fn: Callable[..., object], *args: Any) -> None:
+        self._slots.acquire()
+        future = pool.submit(fn, *args)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future[object]) -> None:
+        self._slots.release()
+        if (exc := future.exception()) is not None:
+            self._errors.append(exc)
 
     def _finish(
         self, file: LocalFile, state: Any, bytes_sent: int = 0, error: str | None = None
     ) -> FileResult:
         result = FileResult(file, state, bytes_sent, error)
+        self.report.add(result)
         self.progress(ProgressEvent("finished", file=file, result=result))
         return result
 
-    def _register(
-        self, files: list[LocalFile], report: UploadReport
-    ) -> Iterator[tuple[LocalFile, dict[str, Any]]]:
+    def _register(self, files: list[LocalFile]) -> Iterator[tuple[LocalFile, dict[str, Any]]]:
         if not files:
             return
         try:
@@ -165,12 +202,12 @@ class Uploader:
         except ServerError as exc:
             if exc.status != 409 or len(files) == 1:
                 if len(files) == 1:
-                    report.results.append(self._finish(files[0], "failed", error=str(exc)))
+                    self._finish(files[0], "failed", error=str(exc))
                     return
                 raise
             # One file conflicts with what is stored: isolate it, keep the rest going.
             for file in files:
-                yield from self._register([file], report)
+                yield from self._register([file])
             return
         skipped = []
         for file, answer in zip(files, answers, strict=True):
@@ -178,39 +215,29 @@ class Uploader:
                 skipped.append(
                     (file.path, file.size, file.mtime_ns, answer.get("sha256"), answer["id"])
                 )
-                report.results.append(self._finish(file, "skipped"))
+                self._finish(file, "skipped")
             else:
                 yield file, answer
         self.journal.record_verified(skipped)
 
     # -- dispatch: bundles for small files, a transport for the rest ---------
 
-    def _dispatch(
-        self,
-        pool: ThreadPoolExecutor,
-        futures: list[Future[list[FileResult]]],
-        file: LocalFile,
-        answer: dict[str, Any],
-        report: UploadReport,
-    ) -> None:
+    def _dispatch(self, pool: ThreadPoolExecutor, file: LocalFile, answer: dict[str, Any]) -> None:
         opts = self.options
         if file.size <= opts.small_file_bytes and answer["offset"] == 0:
             self._bundle.append((file, answer))
             self._bundle_size += file.size
             if len(self._bundle) >= opts.bundle_files or self._bundle_size >= opts.bundle_bytes:
-                self._flush_bundle(pool, futures)
+                self._flush_bundle(pool)
         else:
-            futures.append(pool.submit(lambda: [self._send_large(file, answer)]))
+            self._submit(pool, self._send_large, file, answer)
 
-    def _flush_bundle(
-        self, pool: ThreadPoolExecutor, futures: list[Future[list[FileResult]]]
-    ) -> None:
+    def _flush_bundle(self, pool: ThreadPoolExecutor) -> None:
         bundle, self._bundle, self._bundle_size = self._bundle, [], 0
         if bundle:
-            futures.append(pool.submit(self._send_bundle, bundle))
+            self._submit(pool, self._send_bundle, bundle)
 
-    def _send_bundle(self, items: list[tuple[LocalFile, dict[str, Any]]]) -> list[FileResult]:
-        results: list[FileResult] = []
+    def _send_bundle(self, items: list[tuple[LocalFile, dict[str, Any]]]) -> None:
         entries: list[dict[str, object]] = []
         blobs: list[bytes] = []
         sent: list[tuple[LocalFile, dict[str, Any], str]] = []
@@ -223,7 +250,7 @@ class Uploader:
                 if len(data) != file.size:
                     raise ChangedDuringUpload("changed during upload")
             except ChangedDuringUpload as exc:
-                results.append(self._finish(file, "failed", error=str(exc)))
+                self._finish(file, "failed", error=str(exc))
                 continue
             hasher = MultiHasher(self.options.algorithms)
             hasher.update(data)
@@ -232,25 +259,26 @@ class Uploader:
             blobs.append(data)
             sent.append((file, answer, digests["sha256"]))
         if not entries:
-            return results
+            return
         parts = [encode_bundle_header({"files": entries}), *blobs]
         del blobs
         self._limiter.consume(sum(len(p) for p in parts))
         try:
             answers = self.client.bundle(parts, BUNDLE_CONTENT_TYPE)
         except StageboxError as exc:
-            return results + [self._finish(file, "failed", error=str(exc)) for file, _, _ in sent]
+            for file, _, _ in sent:
+                self._finish(file, "failed", error=str(exc))
+            return
         done = []
         for (file, answer, sha256), outcome in zip(sent, answers, strict=True):
             self.progress(ProgressEvent("advanced", file=file, nbytes=file.size))
             if outcome["state"] in ("verified", "stored"):
                 done.append((file.path, file.size, file.mtime_ns, sha256, answer["id"]))
-                results.append(self._finish(file, "verified", file.size))
+                self._finish(file, "verified", file.size)
             else:
                 error = outcome.get("error") or f"server left it {outcome['state']}"
-                results.append(self._finish(file, "failed", file.size, error))
+                self._finish(file, "failed", file.size, error)
         self.journal.record_verified(done)
-        return results
 
     def _transport(self) -> Transport:
         transport: Transport | None = getattr(self._local, "transport", None)
