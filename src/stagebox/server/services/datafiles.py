@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -199,11 +199,18 @@ def register_batch(
     # One query per dataset instead of one per file: per-file overhead is what
     # kills trees of small files.
     for scope, dataset in datasets.items():
-        names = {i.filename for i in cleaned if (i.experiment or "", i.dataset) == scope}
+        # Exact (directory, filename) pairs: folders that reuse file names must
+        # not pull in every earlier folder's rows.
+        pairs = {
+            (i.directory, i.filename) for i in cleaned if (i.experiment or "", i.dataset) == scope
+        }
         rows = session.scalars(
             select(Datafile)
             .options(joinedload(Datafile.replicas))
-            .where(Datafile.dataset_id == dataset.id, Datafile.filename.in_(names))
+            .where(
+                Datafile.dataset_id == dataset.id,
+                tuple_(Datafile.directory, Datafile.filename).in_(pairs),
+            )
         ).unique()
         for df in rows:
             known[(dataset.id, df.directory, df.filename)] = df
