@@ -14,6 +14,8 @@ import pytest
 
 from tests.servers import StageboxServer, stagebox_cmd
 
+TUS = {"Tus-Resumable": "1.0.0"}
+
 
 def make_tree(root: Path, layout: dict[str, bytes]) -> Path:
     for rel, data in layout.items():
@@ -164,19 +166,17 @@ def test_client_killed_mid_file_resumes_without_resending(
     # when the client is killed -9 part way through
     proc.kill()
     proc.communicate()
-    wait_for(
-        lambda: (
-            api.get("/api/v1/datafiles").json()["items"][0]["bytes_staged"] > 0
-            or staged_size(server) > 0
-        ),
-        what="partial upload recorded",
-    )
     item = api.get("/api/v1/datafiles").json()["items"][0]
-    head = httpx.head(
-        api.get(f"/api/v1/datafiles/{item['id']}").json()["upload_url"],
-        headers={"Authorization": f"Bearer {token}", "Tus-Resumable": "1.0.0"},
-    )
-    already = int(head.headers["Upload-Offset"])
+    url = api.get(f"/api/v1/datafiles/{item['id']}").json()["upload_url"]
+
+    def settled() -> int:
+        # The server finishes writing what it received, then records it.
+        recorded = api.get(f"/api/v1/datafiles/{item['id']}").json()["bytes_staged"]
+        head = httpx.head(url, headers={"Authorization": f"Bearer {token}", **TUS})
+        offset = int(head.headers["Upload-Offset"])
+        return offset if recorded == offset > 0 else 0
+
+    already = wait_for(settled, what="the partial upload recorded")
     assert 0 < already < len(data)
     # then a rerun sends only the rest and the stored file is whole
     rc, report = run_upload(server, token, src, "--dataset", "d")
