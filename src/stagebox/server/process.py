@@ -87,6 +87,9 @@ class ServerProcess:
         except RuntimeError as exc:
             self.kill()
             raise RuntimeError(f"{exc}\n{self.log_path.read_text()}") from None
+        except BaseException:  # interrupted or broken: never leave the child behind
+            self.kill()
+            raise
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL if it has not gone after ``timeout`` seconds."""
