@@ -77,17 +77,26 @@ def _dataset(
     return dataset
 
 
-def new_replica(ctx: ServerContext, uploader: Uploader, awaits_complete: bool) -> Replica:
+def replica_values(
+    ctx: ServerContext, uploader: Uploader, awaits_complete: bool, now: dt.datetime
+) -> dict[str, object]:
+    """Columns of a fresh http replica in the staging box, with a new upload token."""
     token = uuid.uuid4().hex
-    return Replica(
-        box_id=ctx.staging_box_id,
-        key=staging_key(uploader, token),
-        state=S.registered,
-        method="http",
-        upload_token=token,
-        awaits_complete=awaits_complete,
-        expires_at=utcnow() + dt.timedelta(hours=ctx.settings.upload_expiry_hours),
-    )
+    return {
+        "box_id": ctx.staging_box_id,
+        "key": staging_key(uploader, token),
+        "state": S.registered.value,
+        "method": "http",
+        "upload_token": token,
+        "awaits_complete": awaits_complete,
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": now + dt.timedelta(hours=ctx.settings.upload_expiry_hours),
+    }
+
+
+def new_replica(ctx: ServerContext, uploader: Uploader, awaits_complete: bool) -> Replica:
+    return Replica(**replica_values(ctx, uploader, awaits_complete, utcnow()))
 
 
 def stage_empty(ctx: ServerContext, session: Session, replica: Replica) -> None:
@@ -251,7 +260,6 @@ def _insert_new(
     base_url: str,
 ) -> list[RegisterAnswer]:
     now = utcnow()
-    expires = now + dt.timedelta(hours=ctx.settings.upload_expiry_hours)
     ids = session.scalars(
         insert(Datafile).returning(Datafile.id, sort_by_parameter_order=True),
         [
@@ -266,27 +274,14 @@ def _insert_new(
             for dataset_id, item in items
         ],
     ).all()
-    tokens = [uuid.uuid4().hex for _ in items]
-    session.execute(
-        insert(Replica),
-        [
-            {
-                "datafile_id": datafile_id,
-                "box_id": ctx.staging_box_id,
-                "key": staging_key(uploader, token),
-                "state": S.registered.value,
-                "method": "http",
-                "upload_token": token,
-                "awaits_complete": True,
-                "created_at": now,
-                "updated_at": now,
-                "expires_at": expires,
-            }
-            for datafile_id, token in zip(ids, tokens, strict=True)
-        ],
-    )
+    replicas = [
+        {"datafile_id": datafile_id, **replica_values(ctx, uploader, True, now)}
+        for datafile_id in ids
+    ]
+    session.execute(insert(Replica), replicas)
     answers = []
-    for datafile_id, token, (_, item) in zip(ids, tokens, items, strict=True):
+    for datafile_id, replica_row, (_, item) in zip(ids, replicas, items, strict=True):
+        token = str(replica_row["upload_token"])
         state = S.registered.value
         if item.size == 0:
             replica = session.scalars(select(Replica).where(Replica.upload_token == token)).one()
@@ -404,19 +399,18 @@ def complete(
                     f"{datafile.sha256}; the declared {sha256} differs"
                 )
             return public(datafile)
-        if not verify.stage_if_whole(ctx, session, replica) and replica.state != S.failed:
+        if replica.state == S.failed:
+            return public(datafile)
+        if not verify.stage_if_whole(ctx, session, replica):
             raise Conflict(
                 f"datafile {datafile_id}: only {replica.bytes_staged} of {datafile.size} "
                 "bytes are staged; upload the rest before completing"
             )
-        if replica.state == S.failed:
-            return public(datafile)
         replica.declared_sha256 = sha256
         replica.declared_md5 = md5
         session.flush()
         verify.verify_staged(ctx, session, replica)
-        state = replica.state
-    if state == S.verified:
+        answer = public(datafile)
+    if answer.state == S.verified:
         ctx.runner.submit("promote", replica_id=replica.id)
-    with ctx.catalog.session() as session:
-        return public(get_owned(session, uploader, datafile_id))
+    return answer

@@ -172,11 +172,17 @@ def upload_info(ctx: ServerContext, uploader: Uploader, token: str) -> UploadInf
         return _info(ctx, _owned_replica(session, uploader, token))
 
 
-def terminate(ctx: ServerContext, uploader: Uploader, token: str) -> None:
-    """Drop an unfinished upload and its staged bytes; stored files are untouchable."""
+def _lock_upload(ctx: ServerContext, token: str) -> UploadState:
+    """Take the upload's lock, or refuse: two requests never write one upload."""
     state = ctx.upload_state(token)
     if not state.lock.acquire(blocking=False):
-        raise UploadLocked(f"upload {token} is being written")
+        raise UploadLocked(f"upload {token} is being written by another request")
+    return state
+
+
+def terminate(ctx: ServerContext, uploader: Uploader, token: str) -> None:
+    """Drop an unfinished upload and its staged bytes; stored files are untouchable."""
+    state = _lock_upload(ctx, token)
     try:
         with ctx.catalog.session() as session:
             replica = _owned_replica(session, uploader, token)
@@ -230,55 +236,40 @@ class PatchWriter:
         checksum: tuple[str, bytes] | None,
         content_length: int | None,
     ) -> PatchWriter:
-        state = ctx.upload_state(token)
-        if not state.lock.acquire(blocking=False):
-            raise UploadLocked(f"upload {token} is being written by another request")
+        state = _lock_upload(ctx, token)
         try:
-            return cls._begin_locked(ctx, state, uploader, token, offset, checksum, content_length)
+            with ctx.catalog.session() as session:
+                replica = _owned_replica(session, uploader, token)
+                length = replica.datafile.size
+                current = _offset(ctx, replica)
+                if replica.state not in (S.registered, S.uploading):
+                    if replica.state in (S.staged, S.verified, S.stored) and offset == length:
+                        raise Conflict(f"upload {token} is complete ({replica.state})")
+                    raise Conflict(f"upload {token} is {replica.state}; register it again to retry")
+                if offset != current:
+                    raise OffsetMismatch(current, offset)
+                if content_length is not None and offset + content_length > length:
+                    raise LengthExceeded(
+                        f"{content_length} bytes at offset {offset} would run past "
+                        f"Upload-Length {length}"
+                    )
+                if replica.state == S.registered:
+                    transition(session, replica, S.uploading)
+                replica.expires_at = utcnow() + dt.timedelta(hours=ctx.settings.upload_expiry_hours)
+                backend = ctx.backend(replica.box_id)
+                replica_id, key = replica.id, replica.key
+            if state.hasher is None or state.hasher.length != current:
+                # First PATCH since a restart (or since another process wrote): hash
+                # the staged prefix once, then continue hashing as bytes arrive.
+                state.hasher = MultiHasher(ctx.settings.algorithms)
+                if current:
+                    with backend.open_read(key) as f:
+                        state.hasher.update_from(f, current)
+            writer = backend.open_write(key, current, size_hint=length)
+            return cls(ctx, state, replica_id, token, length, writer, state.hasher, checksum)
         except BaseException:
             state.lock.release()
             raise
-
-    @classmethod
-    def _begin_locked(
-        cls,
-        ctx: ServerContext,
-        state: UploadState,
-        uploader: Uploader,
-        token: str,
-        offset: int,
-        checksum: tuple[str, bytes] | None,
-        content_length: int | None,
-    ) -> PatchWriter:
-        with ctx.catalog.session() as session:
-            replica = _owned_replica(session, uploader, token)
-            length = replica.datafile.size
-            current = _offset(ctx, replica)
-            if replica.state not in (S.registered, S.uploading):
-                if replica.state in (S.staged, S.verified, S.stored) and offset == length:
-                    raise Conflict(f"upload {token} is complete ({replica.state})")
-                raise Conflict(f"upload {token} is {replica.state}; register it again to retry")
-            if offset != current:
-                raise OffsetMismatch(current, offset)
-            if content_length is not None and offset + content_length > length:
-                raise LengthExceeded(
-                    f"{content_length} bytes at offset {offset} would run past "
-                    f"Upload-Length {length}"
-                )
-            if replica.state == S.registered:
-                transition(session, replica, S.uploading)
-            replica.expires_at = utcnow() + dt.timedelta(hours=ctx.settings.upload_expiry_hours)
-            backend = ctx.backend(replica.box_id)
-            replica_id, key = replica.id, replica.key
-        if state.hasher is None or state.hasher.length != current:
-            # First PATCH since a restart (or since another process wrote): hash
-            # the staged prefix once, then continue hashing as bytes arrive.
-            state.hasher = MultiHasher(ctx.settings.algorithms)
-            if current:
-                with backend.open_read(key) as f:
-                    state.hasher.update_from(f, current)
-        writer = backend.open_write(key, current, size_hint=length)
-        return cls(ctx, state, replica_id, token, length, writer, state.hasher, checksum)
 
     @property
     def offset(self) -> int:

@@ -202,14 +202,13 @@ def sweep(ctx: ServerContext) -> dict[str, int]:
     with ctx.catalog.session() as session:
         staged = session.execute(
             select(
-                Replica.id, Replica.awaits_complete, Replica.declared_sha256, Replica.method
+                Replica.id,
+                Replica.awaits_complete,
+                Replica.declared_sha256,
+                Replica.method,
+                Replica.updated_at,
             ).where(Replica.state == S.staged)
         ).all()
-        stale_staged = set(
-            session.scalars(
-                select(Replica.id).where(Replica.state == S.staged, Replica.updated_at < stale)
-            )
-        )
         verified = list(
             session.scalars(
                 select(Replica.id).where(Replica.state == S.verified, Replica.updated_at < stale)
@@ -242,11 +241,11 @@ def sweep(ctx: ServerContext) -> dict[str, int]:
                 error="upload expired before it was finished; register the file again",
             )
             counts["expired"] += 1
-    for replica_id, awaits, declared, method in staged:
+    for replica_id, awaits, declared, method, updated_at in staged:
         if declared is not None or not awaits:
             ctx.runner.submit("verify", replica_id=replica_id)
             counts["verify"] += 1
-        elif replica_id in stale_staged and method != "http":
+        elif updated_at < stale and method != "http":
             # Bytes that arrived behind our back whose client never came back:
             # verify by size with our own digest. An http client that never sent
             # /complete may have sent a file that changed under it, so it waits
