@@ -52,6 +52,10 @@ class AuthError(StageboxError):
     """The token is unknown or revoked."""
 
 
+class Forbidden(StageboxError):
+    """The caller is known but may not do this (not approved, not an admin)."""
+
+
 class NotFound(StageboxError):
     """The thing does not exist, or belongs to someone else."""
 
@@ -101,6 +105,10 @@ class KeyEscapesRoot(StorageError):
 
 class TransportError(StageboxError):
     """The client could not complete a request to the server."""
+
+
+class HostKeyError(TransportError):
+    """The SSH server's host key is unknown or changed; never retried."""
 
 
 class ConnectionFailed(TransportError):

@@ -8,56 +8,14 @@ import time
 
 import pytest
 
-from stagebox.config import Settings
 from stagebox.errors import Conflict
 from stagebox.server.db.models import Replica, ReplicaState, utcnow
-from stagebox.server.runtime import build_context
 from stagebox.server.schemas import DatafileRegister
-from stagebox.server.services import datafiles, uploaders, verify
+from stagebox.server.services import datafiles, verify
 from stagebox.server.services.states import ALLOWED, can_move, transition
 from stagebox.server.services.uploads import PatchWriter
 
 S = ReplicaState
-
-
-class InlineRunner:
-    """Runs submitted tasks at once, so tests see the end state directly."""
-
-    def __init__(self):
-        self.tasks = {}
-        self.submitted = []
-
-    def register(self, name, fn):
-        self.tasks[name] = fn
-
-    def submit(self, task_name, **args):
-        self.submitted.append((task_name, args))
-
-    def run_all(self):
-        while self.submitted:
-            name, args = self.submitted.pop(0)
-            self.tasks[name](**args)
-
-    def shutdown(self):
-        pass
-
-
-@pytest.fixture
-def ctx(tmp_path):
-    ctx = build_context(Settings(data_dir=tmp_path / "data", md5=True))
-    runner = InlineRunner()
-    runner.tasks = dict(ctx.runner._tasks)
-    ctx.runner.shutdown()
-    ctx.runner = runner
-    yield ctx
-    ctx.catalog.dispose()
-
-
-@pytest.fixture
-def alice(ctx):
-    with ctx.catalog.session() as s:
-        uploader, _ = uploaders.add_uploader(s, "alice")
-    return uploader
 
 
 def register(ctx, uploader, data: bytes, name="f.bin"):

@@ -6,8 +6,8 @@ import sys
 
 import typer
 
-from stagebox.cli import admin, demo, serve, upload
-from stagebox.errors import ConfigError, InvalidInput, StageboxError
+from stagebox.cli import admin, demo, register, serve, upload
+from stagebox.errors import ConfigError, Forbidden, InvalidInput, StageboxError
 
 app = typer.Typer(
     name="stagebox",
@@ -18,10 +18,11 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.command("upload")(upload.upload)
+app.command("register")(register.register)
 app.command("demo")(demo.demo)
 app.add_typer(admin.app, name="admin")
 
-USAGE_ERRORS = (ConfigError, InvalidInput)
+USAGE_ERRORS = (ConfigError, InvalidInput, Forbidden)
 
 
 def main() -> None:

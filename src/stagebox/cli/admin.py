@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,7 +15,17 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Administer uploaders, tokens and boxes.", no_args_is_help=True)
 uploader_app = typer.Typer(help="Uploaders and their API tokens.", no_args_is_help=True)
+box_app = typer.Typer(help="Storage boxes: where bytes are staged and kept.", no_args_is_help=True)
+requests_app = typer.Typer(
+    help="Registration requests: approve or reject an uploader's SFTP key.", no_args_is_help=True
+)
+token_app = typer.Typer(help="Tokens for the admin API.", no_args_is_help=True)
 app.add_typer(uploader_app, name="uploader")
+app.add_typer(box_app, name="box")
+app.add_typer(requests_app, name="requests")
+app.add_typer(token_app, name="token")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 _state: dict[str, Path | None] = {"data_dir": None}
 
@@ -29,7 +39,7 @@ def admin(
     _state["data_dir"] = data_dir
 
 
-def _catalog() -> Catalog:
+def _catalog(migrate: bool = True) -> Catalog:
     # Imported here: the catalog stack is heavy and the upload client never needs it.
     from stagebox.config import load_settings
     from stagebox.server.db.session import Catalog
@@ -37,8 +47,19 @@ def _catalog() -> Catalog:
     settings = load_settings(data_dir=_state["data_dir"])
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(settings.catalog_url)
-    catalog.migrate()
+    if migrate:
+        catalog.migrate()
     return catalog
+
+
+def _show(rows: list[dict[str, Any]], columns: tuple[str, ...], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("" if row.get(k) is None else str(row.get(k)) for k in columns))
+    Console().print(table)
 
 
 @uploader_app.command("add")
@@ -53,37 +74,175 @@ def uploader_add(name: str) -> None:
 
 
 @uploader_app.command("list")
-def uploader_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Every uploader with its state and token count."""
+def uploader_list(as_json: JsonOption = False) -> None:
+    """Every uploader with its state, token count and machine."""
+    from stagebox.server.api.admin import uploader_public
     from stagebox.server.services import uploaders
 
     catalog = _catalog()
     with catalog.session() as session:
-        rows = [
-            {
-                "name": u.name,
-                "uuid": u.uuid,
-                "state": "revoked" if u.revoked_at else "active",
-                "tokens": sum(1 for t in u.tokens if t.revoked_at is None),
-                "created_at": u.created_at.isoformat(),
-            }
-            for u in uploaders.list_uploaders(session)
-        ]
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    table = Table("name", "uuid", "state", "tokens", "created")
-    for row in rows:
-        table.add_row(*(str(row[k]) for k in ("name", "uuid", "state", "tokens", "created_at")))
-    Console().print(table)
+        rows = [uploader_public(u) for u in uploaders.list_uploaders(session)]
+    _show(rows, ("name", "uuid", "state", "tokens", "hostname", "os", "created_at"), as_json)
 
 
 @uploader_app.command("revoke")
 def uploader_revoke(name: str) -> None:
-    """Revoke an uploader and all its tokens; its next request gets 401."""
+    """Revoke an uploader, its tokens and its SFTP keys; its next request gets 401
+    and its next SSH connection is refused."""
     from stagebox.server.services import uploaders
 
     catalog = _catalog()
     with catalog.session() as session:
         uploaders.revoke_uploader(session, name)
     typer.echo(f"revoked {name}", err=True)
+
+
+@box_app.command("add")
+def box_add(
+    name: str,
+    role: Annotated[str, typer.Option(help="receiving | staging | permanent")],
+    path: Annotated[str, typer.Option(help="the box's directory, as the server sees it")],
+    backend: Annotated[str, typer.Option(help="local")] = "local",
+    sftp_host: Annotated[str | None, typer.Option(help="staging host uploaders reach")] = None,
+    sftp_port: Annotated[int | None, typer.Option(help="its SSH port (22)")] = None,
+    sftp_user: Annotated[str | None, typer.Option(help="the staging account")] = None,
+    sftp_root: Annotated[
+        str | None, typer.Option(help="PATH as seen from the staging host (default: --path)")
+    ] = None,
+) -> None:
+    """Add a storage box; an sftp staging box takes the --sftp-* options."""
+    from stagebox.server.services import boxes
+
+    catalog = _catalog()
+    with catalog.session() as session:
+        box = boxes.add_box(
+            session,
+            name,
+            role=role,
+            backend=backend,
+            path=path,
+            sftp_host=sftp_host,
+            sftp_port=sftp_port,
+            sftp_user=sftp_user,
+            sftp_root=sftp_root,
+        )
+        public = boxes.public(box)
+    for warning in _staging_warnings(public):
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"added box {public['name']}", err=True)
+
+
+def _staging_warnings(box: dict[str, Any]) -> list[str]:
+    """What the staging-host recipe asks of an sftp staging root, checked here."""
+    import stat
+
+    if not box.get("sftp_host"):
+        return []
+    st = Path(box["path"]).stat()
+    warnings = []
+    if not st.st_mode & stat.S_ISGID:
+        warnings.append(
+            f"{box['path']} is not setgid (chmod 2770): uploads may not share its group"
+        )
+    if st.st_mode & 0o070 != 0o070:
+        warnings.append(f"{box['path']} is not group-writable: the staging account cannot write")
+    return warnings
+
+
+@box_app.command("list")
+def box_list(as_json: JsonOption = False) -> None:
+    """Every box with its role, backend and attributes."""
+    from stagebox.server.services import boxes
+
+    catalog = _catalog()
+    with catalog.session() as session:
+        rows = [boxes.public(b) for b in boxes.list_boxes(session)]
+    columns = ("name", "role", "backend", "path", "sftp_host", "sftp_port", "sftp_user")
+    _show(rows, (*columns, "sftp_root"), as_json)
+
+
+@requests_app.command("list")
+def requests_list(
+    state: Annotated[
+        str | None, typer.Option(help="pending | approved | rejected | revoked")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Registration requests, oldest first, with each key's fingerprint."""
+    from stagebox.server.services import registrations
+
+    catalog = _catalog()
+    with catalog.session() as session:
+        rows = [registrations.public(r) for r in registrations.list_requests(session, state=state)]
+    _show(rows, ("id", "uploader", "fingerprint", "state", "box", "reason", "created_at"), as_json)
+
+
+@requests_app.command("approve")
+def requests_approve(
+    request_id: Annotated[int, typer.Argument(metavar="ID")],
+    box: Annotated[str, typer.Option(help="the sftp staging box to assign")],
+) -> None:
+    """Approve a request: its key may log in to the box's staging account."""
+    from stagebox.server.services import registrations
+
+    catalog = _catalog()
+    with catalog.session() as session:
+        request = registrations.approve(session, request_id, box)
+        typer.echo(f"approved request {request.id} of {request.uploader.name} on {box}", err=True)
+
+
+@requests_app.command("reject")
+def requests_reject(
+    request_id: Annotated[int, typer.Argument(metavar="ID")],
+    reason: Annotated[str, typer.Option(help="shown to the uploader")],
+) -> None:
+    """Reject a request (an approved key stops working at its next connection)."""
+    from stagebox.server.services import registrations
+
+    catalog = _catalog()
+    with catalog.session() as session:
+        request = registrations.reject(session, request_id, reason)
+        typer.echo(f"rejected request {request.id} of {request.uploader.name}", err=True)
+
+
+@app.command("export-keys")
+def export_keys(
+    box: Annotated[str, typer.Option(help="the sftp staging box")],
+    out: Annotated[Path, typer.Option(help="authorized_keys file to write")],
+) -> None:
+    """Write an authorized_keys file: one restricted line per approved key of BOX."""
+    from stagebox.server.services import boxes, registrations
+
+    catalog = _catalog()
+    with catalog.session() as session:
+        boxes.get_box(session, box)
+        lines = registrations.authorized_keys(session, box=box)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.chmod(0o644)
+    tmp.replace(out)  # sshd never reads a half-written file
+    typer.echo(f"wrote {len(lines)} keys to {out}", err=True)
+
+
+@app.command("authorized-keys")
+def authorized_keys(
+    user: Annotated[str, typer.Argument(help="the staging account sshd asks about (%u)")],
+) -> None:
+    """Print the authorized_keys lines for USER: sshd's AuthorizedKeysCommand."""
+    from stagebox.server.services import registrations
+
+    catalog = _catalog(migrate=False)
+    with catalog.session() as session:
+        for line in registrations.authorized_keys(session, user=user):
+            typer.echo(line)
+
+
+@token_app.command("add")
+def token_add(name: Annotated[str, typer.Argument(help="who holds the token")]) -> None:
+    """Issue an admin API token; printed alone on stdout, once."""
+    from stagebox.server.services import uploaders
+
+    catalog = _catalog()
+    with catalog.session() as session:
+        token = uploaders.add_admin_token(session, name)
+    typer.echo(token)

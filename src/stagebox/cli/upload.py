@@ -26,8 +26,9 @@ from stagebox.client.api import StageboxClient
 from stagebox.client.journal import Journal
 from stagebox.client.progress import ProgressEvent
 from stagebox.client.scan import STRUCTURES, ScanRules, scan
+from stagebox.client.sftp_plan import plan
 from stagebox.client.uploader import Uploader, UploadOptions, UploadReport
-from stagebox.errors import ConfigError, StageboxError
+from stagebox.errors import ConfigError, InvalidInput, StageboxError
 
 
 class RichProgress:
@@ -138,6 +139,15 @@ def upload(
     ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON report")] = False,
     cacert: Annotated[Path | None, typer.Option(help="CA bundle to trust for TLS")] = None,
+    method: Annotated[
+        str, typer.Option(help="auto (sftp when approved, else http) | sftp | http")
+    ] = "auto",
+    accept_new_host_key: Annotated[
+        bool, typer.Option(help="record an sftp staging host's key at first contact")
+    ] = False,
+    known_hosts: Annotated[
+        Path | None, typer.Option(help="known_hosts for staging hosts (config dir)")
+    ] = None,
 ) -> None:
     """Upload SRC; exit 0 only when every file ends verified or skipped."""
     if not token:
@@ -149,15 +159,27 @@ def upload(
         exclude=exclude or (),
         min_age_minutes=min_age,
     )
-    options = UploadOptions(threads=threads, bwlimit=bwlimit * 1e6)
+    if method not in ("auto", "sftp", "http"):
+        raise InvalidInput("--method", "must be auto, sftp or http", method)
     tls = ssl.create_default_context(cafile=str(cacert)) if cacert else True
     client = StageboxClient(server, token, threads=threads, verify_tls=tls)
-    journal = Journal.for_server(server)
     console = Console(stderr=True)
+    try:
+        chosen = plan(
+            client, method, known_hosts=known_hosts, accept_new_host_key=accept_new_host_key
+        )
+    except BaseException:
+        client.close()
+        raise
+    if chosen.notice:
+        console.print(chosen.notice)
+    options = UploadOptions(threads=threads, bwlimit=bwlimit * 1e6, method=chosen.method)
+    journal = Journal.for_server(server)
+    factory = chosen.transport_factory
     try:
         if as_json:
             stream = JsonReport(sys.stdout)
-            uploader = Uploader(client, journal, options, progress=stream)
+            uploader = Uploader(client, journal, options, stream, factory)
             try:
                 report = uploader.run(scan(src, rules))
             except StageboxError as exc:
@@ -167,7 +189,7 @@ def upload(
         else:
             bars = RichProgress(console, options.small_file_bytes)
             with bars.progress:
-                report = Uploader(client, journal, options, progress=bars).run(scan(src, rules))
+                report = Uploader(client, journal, options, bars, factory).run(scan(src, rules))
             render(report, Console())
     finally:
         client.close()

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 from stagebox.errors import AuthError, ConfigError, ConnectionFailed, ServerError
-from stagebox.transports.http import TUS_HEADERS, connection_error, raise_for_status
+from stagebox.transports.http import connection_error, raise_for_status
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -112,9 +112,42 @@ class StageboxClient:
         result: dict[str, Any] = self._request("GET", "/api/v1/health").json()
         return result
 
-    def register(self, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        answer = self._request("POST", "/api/v1/datafiles/batch", json={"files": files})
+    def register(self, files: list[dict[str, Any]], method: str = "http") -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"files": files}
+        if method != "http":
+            body["method"] = method
+        answer = self._request("POST", "/api/v1/datafiles/batch", json=body)
         result: list[dict[str, Any]] = answer.json()["files"]
+        return result
+
+    def staged_bundle(self, path: str) -> list[dict[str, Any]]:
+        """Have the server take a bundle written into this uploader's sftp directory."""
+        answer = self._request("POST", "/api/v1/datafiles/bundle/staged", json={"path": path})
+        result: list[dict[str, Any]] = answer.json()["files"]
+        return result
+
+    def wait_settled(self, datafile_id: int, timeout: float) -> dict[str, Any]:
+        """Poll a datafile until the server has verified (or failed) it."""
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            answer = self.get(datafile_id)
+            if answer["state"] not in ("staged", "verified") or time.monotonic() > deadline:
+                return answer
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    def describe(self, machine: dict[str, str]) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("PUT", "/api/v1/uploader", json=machine).json()
+        return result
+
+    def request_registration(self, public_key: str) -> dict[str, Any]:
+        body = {"public_key": public_key}
+        result: dict[str, Any] = self._request("POST", "/api/v1/registrations", json=body).json()
+        return result
+
+    def registrations(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._request("GET", "/api/v1/registrations").json()
         return result
 
     def complete(self, datafile_id: int, digests: dict[str, str]) -> dict[str, Any]:
@@ -135,9 +168,6 @@ class StageboxClient:
         )
         result: list[dict[str, Any]] = answer.json()["files"]
         return result
-
-    def terminate(self, upload_url: str) -> None:
-        self._request("DELETE", upload_url, headers=TUS_HEADERS)
 
     def get(self, datafile_id: int) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", f"/api/v1/datafiles/{datafile_id}").json()

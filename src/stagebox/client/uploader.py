@@ -24,7 +24,15 @@ from stagebox.client.journal import Journal
 from stagebox.client.progress import FileResult, ProgressCallback, ProgressEvent, ignore
 from stagebox.client.ratelimit import RateLimiter
 from stagebox.client.scan import LocalFile
-from stagebox.errors import ChangedDuringUpload, ConnectionFailed, ServerError, StageboxError
+from stagebox.errors import (
+    AuthError,
+    ChangedDuringUpload,
+    ConfigError,
+    ConnectionFailed,
+    HostKeyError,
+    ServerError,
+    StageboxError,
+)
 from stagebox.transports import Transport, TusTransport
 from stagebox.wire import BUNDLE_CONTENT_TYPE, encode_bundle_header
 
@@ -32,6 +40,8 @@ log = logging.getLogger(__name__)
 
 REGISTER_BATCH = 1000
 CHUNK = 1 << 20
+# Failures that would fail every file the same way: stop the run instead.
+FATAL = (AuthError, ConfigError, HostKeyError)
 
 
 @dataclass
@@ -42,6 +52,10 @@ class UploadOptions:
     bundle_files: int = 500
     algorithms: tuple[str, ...] = ("sha256",)
     bwlimit: float = 0.0  # bytes per second for all threads together; 0 = unlimited
+    method: str = "http"  # or "sftp": register for sftp, stage over the transport
+    # How long to wait, beyond a second per 50 MB, for the server to verify a
+    # file whose bytes it must read back (sftp).
+    settle_timeout: float = 120.0
 
 
 MAX_FAILURES_KEPT = 1000
@@ -198,7 +212,7 @@ class Uploader:
         if not files:
             return
         try:
-            answers = self.client.register([f.registration() for f in files])
+            answers = self.client.register([f.registration() for f in files], self.options.method)
         except ServerError as exc:
             if exc.status != 409 or len(files) == 1:
                 if len(files) == 1:
@@ -264,7 +278,9 @@ class Uploader:
         del blobs
         self._limiter.consume(sum(len(p) for p in parts))
         try:
-            answers = self.client.bundle(parts, BUNDLE_CONTENT_TYPE)
+            answers = self._post_bundle(parts)
+        except FATAL:
+            raise
         except StageboxError as exc:
             for file, _, _ in sent:
                 self._finish(file, "failed", error=str(exc))
@@ -280,6 +296,17 @@ class Uploader:
                 self._finish(file, "failed", file.size, error)
         self.journal.record_verified(done)
 
+    def _post_bundle(self, parts: list[bytes]) -> list[dict[str, Any]]:
+        if self.options.method == "http":
+            return self.client.bundle(parts, BUNDLE_CONTENT_TYPE)
+
+        def attempt() -> list[dict[str, Any]]:
+            # Written over the thread's SSH connection, then taken by the server.
+            name = self._transport().put_bundle(parts)
+            return self.client.staged_bundle(name)
+
+        return self.client.backoff.run(attempt, "bundle over sftp")
+
     def _transport(self) -> Transport:
         transport: Transport | None = getattr(self._local, "transport", None)
         if transport is None:
@@ -292,7 +319,7 @@ class Uploader:
     def _send_large(self, file: LocalFile, answer: dict[str, Any]) -> FileResult:
         """Stream one file, resuming from the server's offset after any failure."""
         self.progress(ProgressEvent("started", file=file))
-        url = answer["upload_url"]
+        url = answer["sftp_path"] if self.options.method == "sftp" else answer["upload_url"]
         self.journal.record_upload(file.path, file.size, file.mtime_ns, answer["id"], url)
         transport = self._transport()
         sent = 0
@@ -304,8 +331,11 @@ class Uploader:
                 break
             except ChangedDuringUpload as exc:
                 transport.abandon()
-                self._discard(url)
+                self._discard(transport, url)
                 return self._finish(file, "failed", sent, str(exc))
+            except FATAL:
+                transport.abandon()
+                raise
             except StageboxError as exc:
                 transport.abandon()
                 sent += getattr(exc, "bytes_sent", 0)
@@ -316,6 +346,9 @@ class Uploader:
                 time.sleep(delay)
         try:
             outcome = self.client.complete(answer["id"], digests)
+            if outcome["state"] == "staged":  # the server reads the bytes back first
+                timeout = self.options.settle_timeout + file.size / 50e6
+                outcome = self.client.wait_settled(answer["id"], timeout)
         except StageboxError as exc:
             return self._finish(file, "failed", sent, str(exc))
         if outcome["state"] in ("verified", "stored"):
@@ -358,10 +391,10 @@ class Uploader:
             raise ConnectionFailed(f"the server holds {staged} of {file.size} bytes; resuming")
         return hasher.hexdigests(), pos - offset
 
-    def _discard(self, url: str) -> None:
+    def _discard(self, transport: Transport, url: str) -> None:
         """Drop a half-sent upload of a file that changed, so no mix is ever stored."""
         try:
-            self.client.terminate(url)
+            transport.discard(url)
         except StageboxError as exc:
             log.warning("could not discard %s: %s", url, exc)
 

@@ -10,13 +10,14 @@ from fastapi.responses import JSONResponse
 
 from stagebox import __version__, errors
 from stagebox.config import Settings
-from stagebox.server.api import datafiles, health, tus
+from stagebox.server.api import admin, datafiles, health, registrations, tus
 from stagebox.server.runtime import Runtime
 
 # Most specific first: the first matching class decides the status.
 STATUS: list[tuple[type[errors.StageboxError], int]] = [
     (errors.InvalidInput, 400),
     (errors.AuthError, 401),
+    (errors.Forbidden, 403),
     (errors.NotFound, 404),
     (errors.UploadLocked, 423),
     (errors.Conflict, 409),
@@ -64,4 +65,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(datafiles.router)
     app.include_router(tus.router)
+    app.include_router(registrations.router)
+    app.include_router(admin.router)
     return app

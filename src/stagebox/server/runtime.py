@@ -23,6 +23,7 @@ def build_context(settings: Settings) -> ServerContext:
     ctx = ServerContext(settings=settings, catalog=catalog, runner=runner)
     runner.register("verify", partial(verify.verify_task, ctx))
     runner.register("promote", partial(verify.promote_task, ctx))
+    runner.register("arrival", partial(verify.arrival_task, ctx))
     ctx.ensure_embedded_boxes()
     return ctx
 

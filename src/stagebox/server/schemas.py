@@ -21,16 +21,22 @@ class DatafileRegister(BaseModel):
 
 class BatchRegister(BaseModel):
     files: list[DatafileRegister] = Field(max_length=MAX_BATCH)
-    method: Literal["http"] = "http"
+    method: Literal["http", "sftp"] = "http"
 
 
 class RegisterAnswer(BaseModel):
     id: int
     state: str
     action: Literal["skip", "upload"]
+    method: str = "http"
     upload_url: str | None = None
     offset: int = 0
     sha256: str | None = None
+    # sftp: the absolute path on the staging host, and how to reach it.
+    sftp_path: str | None = None
+    sftp_host: str | None = None
+    sftp_port: int | None = None
+    sftp_user: str | None = None
 
 
 class BatchAnswer(BaseModel):
@@ -73,6 +79,10 @@ class BundleEntry(BaseModel):
 
 class BundleManifest(BaseModel):
     files: list[BundleEntry] = Field(max_length=MAX_BATCH)
+
+
+class StagedBundle(BaseModel):
+    path: str
 
 
 class BundleResult(BaseModel):

@@ -109,6 +109,11 @@ class StorageBackend(abc.ABC):
         """A block of many small operations; backends may reuse handles inside it."""
         yield
 
+    def identity(self, key: str) -> str | None:
+        """A token that changes when the object at ``key`` is replaced or rewritten
+        (None when the backend cannot tell, or nothing is there)."""
+        return None
+
     def sync(self, key: str) -> None:  # noqa: B027 - optional capability
         """Make ``key``'s bytes durable (no-op where writes are durable already)."""
 

@@ -190,9 +190,17 @@ class LocalBackend(StorageBackend):
     """
 
     def __init__(
-        self, name: str, root: Path | str, durable: bool = True, direct_io: bool = True
+        self,
+        name: str,
+        root: Path | str,
+        durable: bool = True,
+        direct_io: bool = True,
+        dir_mode: int | None = None,
     ) -> None:
         self.name = name
+        # Set exactly on directories this backend creates (the umask would
+        # narrow a plain mkdir): 2770 in a staging root shared with an sftp account.
+        self.dir_mode = dir_mode
         self.direct_io = direct_io
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -266,9 +274,13 @@ class LocalBackend(StorageBackend):
                 except FileNotFoundError:
                     if not create:
                         raise NotFound(f"{self.name}: no such key under {part}") from None
+                    created = False
                     with suppress(FileExistsError):
                         os.mkdir(part, 0o770, dir_fd=fd)
+                        created = True
                     child = os.open(part, flags, dir_fd=fd)
+                    if created and self.dir_mode is not None:
+                        os.fchmod(child, self.dir_mode)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         raise KeyEscapesRoot(
@@ -284,7 +296,10 @@ class LocalBackend(StorageBackend):
 
     def _open_at(self, dir_fd: int, name: str, flags: int) -> int:
         try:
-            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o660, dir_fd=dir_fd)
+            # O_NONBLOCK: a FIFO planted at the name must not hang the open.
+            fd = os.open(
+                name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o660, dir_fd=dir_fd
+            )
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise KeyEscapesRoot(f"{self.name}: {name} is a symlink") from exc
@@ -294,6 +309,7 @@ class LocalBackend(StorageBackend):
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise StorageError(f"{self.name}: {name} is not a regular file")
+        os.set_blocking(fd, True)
         return fd
 
     def open_write(self, key: str, offset: int = 0, size_hint: int | None = None) -> StagedWriter:
@@ -330,9 +346,21 @@ class LocalBackend(StorageBackend):
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except (NotFound, FileNotFoundError):
             return None
+        if stat.S_ISLNK(st.st_mode):
+            raise KeyEscapesRoot(f"{self.name}: {key} is a symlink")
         if not stat.S_ISREG(st.st_mode):
             raise StorageError(f"{self.name}: {key} is not a regular file")
         return st.st_size
+
+    def identity(self, key: str) -> str | None:
+        """Device, inode, size and mtime of the file itself (never a link's target)."""
+        dirs, name = self._split(key)
+        try:
+            with self._parent(dirs) as dir_fd:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except (NotFound, FileNotFoundError):
+            return None
+        return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
         dirs, name = self._split(key)

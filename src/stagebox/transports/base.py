@@ -30,6 +30,15 @@ class Transport(abc.ABC):
     def abandon(self) -> None:
         """Stop the current file without finishing it (bytes sent so far may stay)."""
 
+    def put_bundle(self, parts: list[bytes]) -> str:
+        """Write a bundle of small files where the server can take it; returns its
+        name for the server. Only transports that stage behind the server's back
+        (sftp) can; http posts bundles to the API instead."""
+        raise NotImplementedError(f"{type(self).__name__} cannot stage bundles")
+
+    def discard(self, target: str) -> None:  # noqa: B027 - optional capability
+        """Delete what was sent to ``target`` (a file that changed must not be mixed)."""
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the connection."""

@@ -151,5 +151,13 @@ class TusTransport(Transport):
             self._sender.join(timeout=30)
         self._sender = None
 
+    def discard(self, target: str) -> None:
+        try:
+            response = self._client.delete(target, headers=TUS_HEADERS)
+        except httpx.TransportError as exc:
+            raise connection_error(f"DELETE {target}", exc) from exc
+        if response.status_code != 404:
+            raise_for_status(response)
+
     def close(self) -> None:
         self.abandon()

@@ -20,6 +20,7 @@ from stagebox.server.schemas import (
     CompleteRequest,
     DatafilePage,
     DatafilePublic,
+    StagedBundle,
 )
 from stagebox.server.services import bundles, datafiles
 
@@ -33,7 +34,9 @@ def register_batch(
 ) -> BatchAnswer:
     """Register up to 1,000 files; each answer says skip or where to upload from."""
     with ctx.catalog.session() as session:
-        answers = datafiles.register_batch(ctx, session, uploader, body.files, base)
+        answers = datafiles.register_batch(
+            ctx, session, uploader, body.files, base, method=body.method
+        )
     return BatchAnswer(files=answers)
 
 
@@ -52,6 +55,12 @@ async def upload_bundle(request: Request, ctx: CtxDep, uploader: UploaderDep) ->
         receiver.abort()
         raise
     return BundleAnswer(files=await run_in_threadpool(receiver.finish))
+
+
+@router.post("/bundle/staged")
+def staged_bundle(body: StagedBundle, ctx: CtxDep, uploader: UploaderDep) -> BundleAnswer:
+    """Verify and store a bundle the uploader wrote into its sftp staging directory."""
+    return BundleAnswer(files=bundles.receive_staged(ctx, uploader, body.path))
 
 
 @router.post("/{datafile_id}/complete")

@@ -54,6 +54,7 @@ class Uploader(Base):
     hostname: Mapped[str] = mapped_column(String(255), default="")
     os: Mapped[str] = mapped_column(String(255), default="")
     mac_address: Mapped[str] = mapped_column(String(64), default="")
+    client_version: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
@@ -71,6 +72,46 @@ class ApiToken(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
     uploader: Mapped[Uploader] = relationship(back_populates="tokens")
+
+
+class RequestState(enum.StrEnum):
+    pending = "pending"
+    approved = "approved"
+    rejected = "rejected"
+    revoked = "revoked"
+
+
+class AdminToken(Base):
+    """A bearer token for the admin API; stored only as its SHA-256 hash."""
+
+    __tablename__ = "admin_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hint: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class RegistrationRequest(Base):
+    """An uploader asks to stage over SFTP with one public key; an admin decides."""
+
+    __tablename__ = "registration_requests"
+    __table_args__ = (UniqueConstraint("uploader_id", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uploader_id: Mapped[int] = mapped_column(ForeignKey("uploaders.id"), index=True)
+    public_key: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default=RequestState.pending)
+    box_id: Mapped[int | None] = mapped_column(ForeignKey("storage_boxes.id"), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+    uploader: Mapped[Uploader] = relationship()
+    box: Mapped[StorageBox | None] = relationship()
 
 
 class StorageBox(Base):
@@ -140,6 +181,9 @@ class Replica(Base):
     # The server's own digests of the staged bytes, taken as they were written.
     staged_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     staged_md5: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Which file the server hashed (device, inode, size, mtime) when the bytes
+    # arrived behind its back: promotion refuses a file swapped after that.
+    staged_identity: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # What the uploader declared (tus metadata or /complete), awaiting comparison.
     declared_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     declared_md5: Mapped[str | None] = mapped_column(String(32), nullable=True)

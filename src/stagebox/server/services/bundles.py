@@ -15,9 +15,10 @@ from sqlalchemy.orm import joinedload
 
 from stagebox.checksums import MultiHasher
 from stagebox.errors import InvalidInput, LengthExceeded, NotFound
+from stagebox.names import clean_directory
 from stagebox.server.db.models import Datafile, Dataset, Replica, ReplicaState, Uploader, utcnow
 from stagebox.server.schemas import BundleEntry, BundleManifest, BundleResult
-from stagebox.server.services import verify
+from stagebox.server.services import registrations, verify
 from stagebox.server.services.context import ServerContext
 from stagebox.server.services.states import Move, advance_many
 from stagebox.wire import BUNDLE_CONTENT_TYPE, BUNDLE_HEADER
@@ -40,6 +41,7 @@ class BundleReceiver:
         self._replicas: dict[int, Replica] = {}
         self._expected = 0
         self._digests: dict[int, dict[str, str]] = {}
+        self._box_id = ctx.staging_box_id
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
@@ -91,6 +93,13 @@ class BundleReceiver:
             ).all()
             for replica in rows:  # the newest replica of each datafile wins
                 self._replicas[replica.datafile_id] = replica
+            boxes = {r.box_id for r in self._replicas.values() if r.state != S.stored}
+            if len(boxes) > 1:
+                raise InvalidInput(
+                    "manifest.files", "every file of a bundle must be registered the same way"
+                )
+            if boxes:
+                self._box_id = boxes.pop()
             for i, entry in enumerate(entries):
                 found = self._replicas.get(entry.id)
                 if found is None:
@@ -105,7 +114,7 @@ class BundleReceiver:
         """Write each file to its staging key, hashing it on the way."""
         view = memoryview(self._buf)
         pos = 0
-        staging = self._ctx.staging
+        staging = self._ctx.backend(self._box_id)
         with staging.batch():
             for entry in entries:
                 data = view[pos : pos + entry.size]
@@ -207,7 +216,7 @@ class BundleReceiver:
                     checksums,
                 )
         for key in copied:
-            ctx.staging.delete(key)
+            ctx.backend(self._box_id).delete(key)
         return self._results(entries)
 
     def _promote(self, promotions: list[tuple[Replica, str, str]], moves: list[Move]) -> list[str]:
@@ -217,7 +226,7 @@ class BundleReceiver:
         the batch is recorded. A copy that hashes wrong turns its move to failed.
         """
         ctx = self._ctx
-        staging, store = ctx.staging, ctx.store
+        staging, store = ctx.backend(self._box_id), ctx.store
         by_id = {m.replica_id: i for i, m in enumerate(moves)}
         with staging.batch(), store.batch():
             copied = self._move(promotions, moves, by_id)
@@ -231,7 +240,7 @@ class BundleReceiver:
         by_id: dict[int, int],
     ) -> list[str]:
         ctx = self._ctx
-        staging, store = ctx.staging, ctx.store
+        staging, store = ctx.backend(self._box_id), ctx.store
         copied: list[str] = []
         for replica, dest_key, sha256 in promotions:
             result = staging.promote(
@@ -262,6 +271,39 @@ class BundleReceiver:
             ).all()
             latest = {r.datafile_id: r for r in rows}
         return [BundleResult(id=i, state=latest[i].state, error=latest[i].error) for i in ids]
+
+
+def receive_staged(ctx: ServerContext, uploader: Uploader, path: str) -> list[BundleResult]:
+    """Take a bundle the uploader wrote over sftp into its own staging directory.
+
+    ``path`` is relative to that directory. The bundle is read once (without
+    following symlinks, a regular file only), each file hashed as it is staged
+    exactly as if the bundle had come over http, and the bundle is deleted.
+    """
+    with ctx.catalog.session() as session:
+        box_id = registrations.approved_box(session, uploader).id
+    relative = clean_directory(path, "path")
+    if not relative:
+        raise InvalidInput("path", "must name the bundle file inside your staging directory")
+    key = f"{uploader.uuid}/{relative}"
+    backend = ctx.backend(box_id)
+    size = backend.size(key)
+    if size is None:
+        raise NotFound(f"nothing staged at {relative}")
+    try:
+        if size > ctx.settings.max_bundle_bytes:
+            raise LengthExceeded(f"a bundle may hold at most {ctx.settings.max_bundle_bytes} bytes")
+        receiver = BundleReceiver(ctx, uploader)
+        try:
+            with backend.open_read(key) as f:
+                while chunk := f.read(1 << 20):
+                    receiver.feed(chunk)
+            return receiver.finish()
+        except BaseException:
+            receiver.abort()
+            raise
+    finally:
+        backend.delete(key)
 
 
 def _mismatch(declared: dict[str, str], staged: dict[str, str]) -> str | None:

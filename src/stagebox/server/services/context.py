@@ -22,7 +22,12 @@ def backend_for(box: StorageBox, settings: Settings) -> StorageBackend:
     """Instantiate the backend a catalog box row describes."""
     if box.backend == "local":
         return LocalBackend(
-            box.name, box.attributes["path"], durable=settings.durable, direct_io=settings.direct_io
+            box.name,
+            box.attributes["path"],
+            durable=settings.durable,
+            direct_io=settings.direct_io,
+            # An sftp staging root is shared with the staging account's group.
+            dir_mode=0o2770 if box.attributes.get("sftp_host") else None,
         )
     raise NotImplementedError(f"box {box.name}: backend {box.backend!r} is not available")
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import insert, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
-from stagebox.errors import Conflict, InvalidInput, InvalidName, NotFound
+from stagebox.errors import Conflict, InvalidInput, InvalidName, NotFound, StageboxError
 from stagebox.names import clean_component, clean_directory
 from stagebox.server.db.models import (
     Datafile,
@@ -25,7 +27,7 @@ from stagebox.server.schemas import (
     DatafileRegister,
     RegisterAnswer,
 )
-from stagebox.server.services import verify
+from stagebox.server.services import registrations, verify
 from stagebox.server.services.context import ServerContext
 from stagebox.server.services.states import transition
 
@@ -36,6 +38,47 @@ EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 
 def staging_key(uploader: Uploader, token: str) -> str:
     return f"http/{uploader.uuid}/{token}"
+
+
+def sftp_key(uploader: Uploader, dataset_id: int, directory: str, filename: str) -> str:
+    """``<uploader-uuid>/<dataset-id>/<directory>/<filename>`` inside the sftp box.
+
+    The dataset's id, not its name: names repeat across experiments and would
+    make two datasets share one staging folder.
+    """
+    return "/".join(p for p in (uploader.uuid, str(dataset_id), directory, filename) if p)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a registration sends the bytes: the http path or an approved sftp box."""
+
+    method: str
+    box_id: int
+    sftp: dict[str, Any] | None = None
+
+    def path(self, key: str) -> str | None:
+        return f"{self.sftp['root']}/{key}" if self.sftp else None
+
+
+def http_target(ctx: ServerContext) -> Target:
+    return Target("http", ctx.staging_box_id)
+
+
+def sftp_target(session: Session, uploader: Uploader) -> Target:
+    """The uploader's approved sftp box; 403 saying why when there is none."""
+    box = registrations.approved_box(session, uploader)
+    attrs = box.attributes
+    return Target(
+        "sftp",
+        box.id,
+        {
+            "host": attrs["sftp_host"],
+            "port": attrs["sftp_port"],
+            "user": attrs["sftp_user"],
+            "root": attrs["sftp_root"],
+        },
+    )
 
 
 def clean_item(item: DatafileRegister, index: int | None = None) -> DatafileRegister:
@@ -77,17 +120,39 @@ def _dataset(
     return dataset
 
 
-def replica_values(
-    ctx: ServerContext, uploader: Uploader, awaits_complete: bool, now: dt.datetime
+def location(
+    uploader: Uploader, target: Target, dataset_id: int, directory: str, filename: str
 ) -> dict[str, object]:
-    """Columns of a fresh http replica in the staging box, with a new upload token."""
-    token = uuid.uuid4().hex
+    """Box, key, method and upload token of a replica sent the ``target`` way."""
+    if target.method == "http":
+        token = uuid.uuid4().hex
+        return {
+            "box_id": target.box_id,
+            "key": staging_key(uploader, token),
+            "method": "http",
+            "upload_token": token,
+        }
     return {
-        "box_id": ctx.staging_box_id,
-        "key": staging_key(uploader, token),
+        "box_id": target.box_id,
+        "key": sftp_key(uploader, dataset_id, directory, filename),
+        "method": target.method,
+        "upload_token": None,
+    }
+
+
+def replica_values(
+    ctx: ServerContext,
+    uploader: Uploader,
+    awaits_complete: bool,
+    now: dt.datetime,
+    target: Target,
+    dataset_id: int,
+    item: DatafileRegister,
+) -> dict[str, object]:
+    """Columns of a fresh replica in the target's staging box."""
+    return {
+        **location(uploader, target, dataset_id, item.directory, item.filename),
         "state": S.registered.value,
-        "method": "http",
-        "upload_token": token,
         "awaits_complete": awaits_complete,
         "created_at": now,
         "updated_at": now,
@@ -95,13 +160,9 @@ def replica_values(
     }
 
 
-def new_replica(ctx: ServerContext, uploader: Uploader, awaits_complete: bool) -> Replica:
-    return Replica(**replica_values(ctx, uploader, awaits_complete, utcnow()))
-
-
 def stage_empty(ctx: ServerContext, session: Session, replica: Replica) -> None:
     """A zero-byte file is staged the moment it is registered."""
-    ctx.staging.open_write(replica.key, 0).close()
+    ctx.backend(replica.box_id).open_write(replica.key, 0).close()
     transition(
         session,
         replica,
@@ -112,22 +173,27 @@ def stage_empty(ctx: ServerContext, session: Session, replica: Replica) -> None:
     )
 
 
-def reset_replica(ctx: ServerContext, session: Session, replica: Replica) -> None:
-    """Throw away staged bytes so the upload starts again from zero."""
-    ctx.staging.delete(replica.key)
-    ctx.forget_upload(replica.upload_token or "")
-    target = S.uploading if replica.state == S.failed else S.registered
-    transition(
-        session,
-        replica,
-        target,
-        bytes_staged=0,
-        staged_sha256=None,
-        staged_md5=None,
-        declared_sha256=None,
-        declared_md5=None,
-        attempts=replica.attempts + 1,
-    )
+def reset_replica(
+    ctx: ServerContext, session: Session, replica: Replica, moved: dict[str, object] | None = None
+) -> None:
+    """Throw away staged bytes so the upload starts again from zero (perhaps elsewhere)."""
+    verify.discard_staged(ctx, replica)
+    values: dict[str, object] = {
+        "bytes_staged": 0,
+        "staged_sha256": None,
+        "staged_md5": None,
+        "staged_identity": None,
+        "declared_sha256": None,
+        "declared_md5": None,
+        "attempts": replica.attempts + 1,
+        **(moved or {}),
+    }
+    if replica.state == S.registered:
+        for name, value in values.items():
+            setattr(replica, name, value)
+        session.flush()
+    else:
+        transition(session, replica, S.uploading, **values)
 
 
 def register_one(
@@ -140,8 +206,10 @@ def register_one(
     index: int | None = None,
     dataset: Dataset | None = None,
     existing: Datafile | None = None,
+    target: Target | None = None,
 ) -> tuple[Datafile, Replica, bool]:
     """Register (or find) one datafile; returns it, its replica and whether to skip."""
+    target = target or http_target(ctx)
     if dataset is None:
         dataset = _dataset(session, uploader, item.dataset, item.experiment or "", item.owner or "")
     if existing is None:
@@ -160,7 +228,9 @@ def register_one(
             size=item.size,
             mtime=item.mtime,
         )
-        replica = new_replica(ctx, uploader, awaits_complete)
+        replica = Replica(
+            **replica_values(ctx, uploader, awaits_complete, utcnow(), target, dataset.id, item)
+        )
         datafile.replicas.append(replica)
         session.add(datafile)
         session.flush()
@@ -179,11 +249,16 @@ def register_one(
                 f"it cannot be registered again with size {item.size}"
             )
         return datafile, replica, True
-    if datafile.size != item.size or replica.state == S.failed:
+    moved = None
+    if replica.method != target.method or replica.box_id != target.box_id:
+        # Sent another way this time (sftp was approved, or fell back to http):
+        # the partial bytes of the old way are of no use to the new one.
+        moved = location(uploader, target, dataset.id, item.directory, item.filename)
+    if moved or datafile.size != item.size or replica.state == S.failed:
         # The file changed before it was verified, or a retry after a failure:
         # start over from byte zero; nothing verified is touched.
         datafile.size = item.size
-        reset_replica(ctx, session, replica)
+        reset_replica(ctx, session, replica, moved)
         if item.size == 0:
             stage_empty(ctx, session, replica)
     datafile.mtime = item.mtime
@@ -197,7 +272,9 @@ def register_batch(
     uploader: Uploader,
     items: list[DatafileRegister],
     base_url: str,
+    method: str = "http",
 ) -> list[RegisterAnswer]:
+    target = sftp_target(session, uploader) if method == "sftp" else http_target(ctx)
     cleaned = [clean_item(item, i) for i, item in enumerate(items)]
     datasets: dict[tuple[str, str], Dataset] = {}
     known: dict[tuple[int, str, str], Datafile] = {}
@@ -235,9 +312,16 @@ def register_batch(
         datafile = known.get(where)
         if datafile is not None:
             _, replica, skip = register_one(
-                ctx, session, uploader, item, index=index, dataset=dataset, existing=datafile
+                ctx,
+                session,
+                uploader,
+                item,
+                index=index,
+                dataset=dataset,
+                existing=datafile,
+                target=target,
             )
-            answers.append(_answer(datafile, replica, skip, base_url))
+            answers.append(_answer(datafile.id, replica, skip, base_url, target, datafile.sha256))
             continue
         if where not in fresh:  # NFC twins in one batch share one datafile
             fresh[where] = []
@@ -245,7 +329,7 @@ def register_batch(
         fresh[where].append(index)
         answers.append(None)
     if fresh_items:
-        created = _insert_new(ctx, session, uploader, fresh_items, base_url)
+        created = _insert_new(ctx, session, uploader, fresh_items, base_url, target)
         for indexes, answer in zip(fresh.values(), created, strict=True):
             for index in indexes:
                 answers[index] = answer
@@ -258,6 +342,7 @@ def _insert_new(
     uploader: Uploader,
     items: list[tuple[int, DatafileRegister]],
     base_url: str,
+    target: Target,
 ) -> list[RegisterAnswer]:
     now = utcnow()
     ids = session.scalars(
@@ -274,42 +359,54 @@ def _insert_new(
             for dataset_id, item in items
         ],
     ).all()
-    replicas = [
-        {"datafile_id": datafile_id, **replica_values(ctx, uploader, True, now)}
-        for datafile_id in ids
+    rows = [
+        {
+            "datafile_id": datafile_id,
+            **replica_values(ctx, uploader, True, now, target, dataset_id, item),
+        }
+        for datafile_id, (dataset_id, item) in zip(ids, items, strict=True)
     ]
-    session.execute(insert(Replica), replicas)
+    session.execute(insert(Replica), rows)
     answers = []
-    for datafile_id, replica_row, (_, item) in zip(ids, replicas, items, strict=True):
-        token = str(replica_row["upload_token"])
-        state = S.registered.value
+    for datafile_id, row, (_, item) in zip(ids, rows, items, strict=True):
+        replica = Replica(**row)
         if item.size == 0:
-            replica = session.scalars(select(Replica).where(Replica.upload_token == token)).one()
+            replica = session.scalars(
+                select(Replica).where(Replica.datafile_id == datafile_id)
+            ).one()
             stage_empty(ctx, session, replica)
-            state = replica.state
-        answers.append(
-            RegisterAnswer(
-                id=datafile_id,
-                state=state,
-                action="upload",
-                upload_url=f"{base_url}/files/{token}",
-                offset=0,
-            )
-        )
+        answers.append(_answer(datafile_id, replica, False, base_url, target))
     return answers
 
 
-def _answer(datafile: Datafile, replica: Replica, skip: bool, base_url: str) -> RegisterAnswer:
+def _answer(
+    datafile_id: int,
+    replica: Replica,
+    skip: bool,
+    base_url: str,
+    target: Target,
+    sha256: str | None = None,
+) -> RegisterAnswer:
     if skip:
+        return RegisterAnswer(id=datafile_id, state=replica.state, action="skip", sha256=sha256)
+    if target.sftp is not None:
         return RegisterAnswer(
-            id=datafile.id, state=replica.state, action="skip", sha256=datafile.sha256
+            id=datafile_id,
+            state=replica.state,
+            action="upload",
+            method=target.method,
+            offset=replica.bytes_staged or 0,
+            sftp_path=target.path(replica.key),
+            sftp_host=target.sftp["host"],
+            sftp_port=target.sftp["port"],
+            sftp_user=target.sftp["user"],
         )
     return RegisterAnswer(
-        id=datafile.id,
+        id=datafile_id,
         state=replica.state,
         action="upload",
         upload_url=f"{base_url}/files/{replica.upload_token}",
-        offset=replica.bytes_staged,
+        offset=replica.bytes_staged or 0,
     )
 
 
@@ -339,7 +436,9 @@ def public(datafile: Datafile, base_url: str | None = None) -> DatafilePublic:
         bytes_staged=replica.bytes_staged,
         error=replica.error,
         upload_url=(
-            f"{base_url}/files/{replica.upload_token}" if base_url and unfinished else None
+            f"{base_url}/files/{replica.upload_token}"
+            if base_url and unfinished and replica.upload_token
+            else None
         ),
     )
 
@@ -401,16 +500,65 @@ def complete(
             return public(datafile)
         if replica.state == S.failed:
             return public(datafile)
-        if not verify.stage_if_whole(ctx, session, replica):
-            raise Conflict(
-                f"datafile {datafile_id}: only {replica.bytes_staged} of {datafile.size} "
-                "bytes are staged; upload the rest before completing"
-            )
-        replica.declared_sha256 = sha256
-        replica.declared_md5 = md5
-        session.flush()
-        verify.verify_staged(ctx, session, replica)
-        answer = public(datafile)
+        if replica.method != "http":
+            answer = _complete_arrived(ctx, session, datafile, replica, sha256, md5)
+        else:
+            if not verify.stage_if_whole(ctx, session, replica):
+                raise Conflict(
+                    f"datafile {datafile_id}: only {replica.bytes_staged} of {datafile.size} "
+                    "bytes are staged; upload the rest before completing"
+                )
+            replica.declared_sha256 = sha256
+            replica.declared_md5 = md5
+            session.flush()
+            verify.verify_staged(ctx, session, replica)
+            answer = public(datafile)
+    # Tasks are submitted once the transaction is committed, so they see it.
+    if answer.state == S.staged:
+        ctx.runner.submit("verify", replica_id=replica.id)
     if answer.state == S.verified:
         ctx.runner.submit("promote", replica_id=replica.id)
     return answer
+
+
+def _complete_arrived(
+    ctx: ServerContext,
+    session: Session,
+    datafile: Datafile,
+    replica: Replica,
+    sha256: str,
+    md5: str | None,
+) -> DatafilePublic:
+    """``complete`` of bytes that arrived behind the server's back (sftp).
+
+    The client says it is done: a file of another size fails with the reason,
+    a symlink or anything but a regular file is refused. Otherwise the digests
+    are recorded and a verify task re-reads the file; the answer says
+    ``staged`` until it has (poll ``GET /api/v1/datafiles/{id}``).
+    """
+    try:
+        whole = verify.stage_if_whole(ctx, session, replica)
+    except StageboxError as exc:
+        transition(session, replica, S.failed, error=f"staged file refused: {exc}")
+        return public(datafile)
+    if not whole:
+        if replica.bytes_staged == 0 and ctx.backend(replica.box_id).size(replica.key) is None:
+            raise Conflict(
+                f"datafile {datafile.id}: nothing is staged at its path yet; "
+                "upload (and rename) the file before completing"
+            )
+        staged = ctx.backend(replica.box_id).size(replica.key)
+        transition(
+            session,
+            replica,
+            S.failed,
+            error=(
+                f"size mismatch: registered {datafile.size} bytes, "
+                f"staged {staged if staged is not None else replica.bytes_staged}"
+            ),
+        )
+        return public(datafile)
+    replica.declared_sha256 = sha256
+    replica.declared_md5 = md5
+    session.flush()
+    return public(datafile)

@@ -9,11 +9,12 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from stagebox.errors import AuthError, Conflict, NotFound
+from stagebox.errors import AuthError, Conflict, InvalidInput, NotFound
 from stagebox.names import clean_component
-from stagebox.server.db.models import ApiToken, Uploader, utcnow
+from stagebox.server.db.models import AdminToken, ApiToken, Uploader, utcnow
 
 TOKEN_PREFIX = "sbx_"
+ADMIN_PREFIX = "sbxa_"
 
 
 def hash_token(token: str) -> str:
@@ -46,13 +47,56 @@ def get_uploader(session: Session, name: str) -> Uploader:
 
 
 def revoke_uploader(session: Session, name: str) -> Uploader:
-    """Revoke the uploader and every token it holds."""
+    """Revoke the uploader, every token it holds and every key it registered."""
+    from stagebox.server.services.registrations import revoke_keys
+
     uploader = get_uploader(session, name)
     now = utcnow()
     uploader.revoked_at = uploader.revoked_at or now
     for token in uploader.tokens:
         token.revoked_at = token.revoked_at or now
+    revoke_keys(session, uploader)
     return uploader
+
+
+def _describe(value: str, field: str, limit: int) -> str:
+    value = (value or "").strip()
+    if len(value) > limit or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise InvalidInput(field, f"must be at most {limit} printable characters", value)
+    return value
+
+
+def describe(
+    session: Session,
+    uploader: Uploader,
+    *,
+    hostname: str,
+    os: str,
+    mac_address: str,
+    client_version: str,
+) -> Uploader:
+    """Record the machine an uploader runs on (what an admin sees before approving)."""
+    uploader.hostname = _describe(hostname, "hostname", 255)
+    uploader.os = _describe(os, "os", 255)
+    uploader.mac_address = _describe(mac_address, "mac_address", 64)
+    uploader.client_version = _describe(client_version, "client_version", 64)
+    session.flush()
+    return uploader
+
+
+def add_admin_token(session: Session, name: str) -> str:
+    """A new admin API token (shown once); ``name`` says who holds it."""
+    name = clean_component(name, "name")
+    token = ADMIN_PREFIX + secrets.token_urlsafe(32)
+    session.add(AdminToken(name=name, token_hash=hash_token(token), hint=token[:9]))
+    return token
+
+
+def authenticate_admin(session: Session, token: str) -> AdminToken:
+    row = session.scalar(select(AdminToken).where(AdminToken.token_hash == hash_token(token)))
+    if row is None or row.revoked_at is not None:
+        raise AuthError("unknown or revoked admin token")
+    return row
 
 
 def list_uploaders(session: Session) -> list[Uploader]:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
 from stagebox.checksums import MultiHasher
-from stagebox.errors import Conflict, StageboxError
+from stagebox.errors import ChangedDuringUpload, Conflict, StageboxError
 from stagebox.server.db.models import Datafile, Dataset, Replica, ReplicaState, utcnow
 from stagebox.server.services.context import ServerContext
 from stagebox.server.services.states import transition
@@ -30,12 +30,69 @@ def store_key(datafile: Datafile) -> str:
     return "/".join(p for p in parts if p)
 
 
+def part_key(key: str) -> str:
+    """Where an sftp client writes before renaming into place."""
+    return key + ".part"
+
+
+def discard_staged(ctx: ServerContext, replica: Replica) -> None:
+    """Delete whatever bytes a replica has in staging (and an sftp partial)."""
+    backend = ctx.backend(replica.box_id)
+    backend.delete(replica.key)
+    if replica.method != "http":
+        backend.delete(part_key(replica.key))
+    ctx.forget_upload(replica.upload_token or "")
+
+
 def rehash_staged(ctx: ServerContext, replica: Replica) -> dict[str, str]:
-    """Read staged bytes back: only where the server did not see them arrive."""
+    """Read staged bytes back: only where the server did not see them arrive.
+
+    The file is opened without following symlinks and must be a regular file
+    (the backend refuses anything else). Its identity (device, inode, size,
+    mtime) before and after must agree, and is returned as ``"identity"`` so
+    promotion can refuse a file swapped or rewritten after it was hashed.
+    """
+    backend = ctx.backend(replica.box_id)
     hasher = MultiHasher(ctx.settings.algorithms)
-    with ctx.backend(replica.box_id).open_read(replica.key) as f:
+    before = backend.identity(replica.key)
+    with backend.open_read(replica.key) as f:
         hasher.update_from(f)
-    return hasher.hexdigests()
+    after = backend.identity(replica.key)
+    if before != after:
+        raise ChangedDuringUpload("the staged file changed while the server hashed it")
+    digests = hasher.hexdigests()
+    if after is not None:
+        digests["identity"] = after
+    return digests
+
+
+def stage_arrived(ctx: ServerContext, session: Session, replica: Replica) -> bool:
+    """An sftp replica is staged once its final name holds exactly the registered size.
+
+    Raises what the backend raises for a symlink or a non-regular file; a size
+    that is not the registered one leaves the replica where it is, with the
+    bytes seen so far (the final name, else the partial) as ``bytes_staged``.
+    """
+    if replica.state == S.staged:
+        return True
+    if replica.state not in (S.registered, S.uploading):
+        return False
+    size = replica.datafile.size
+    backend = ctx.backend(replica.box_id)
+    final = backend.size(replica.key)
+    if final != size:
+        seen = final if final is not None else backend.size(part_key(replica.key)) or 0
+        seen = min(seen, size)
+        if seen != replica.bytes_staged:
+            if replica.state == S.registered and seen:
+                transition(session, replica, S.uploading, bytes_staged=seen)
+            else:
+                replica.bytes_staged = seen
+        return False
+    target = (S.uploading, S.staged) if replica.state == S.registered else (S.staged,)
+    for state in target:
+        transition(session, replica, state, bytes_staged=size)
+    return True
 
 
 def stage_if_whole(ctx: ServerContext, session: Session, replica: Replica) -> bool:
@@ -46,6 +103,8 @@ def stage_if_whole(ctx: ServerContext, session: Session, replica: Replica) -> bo
     ``uploading`` with the whole file staged. The digest comes from the upload's
     running hash when it covers the whole file, else from one re-read.
     """
+    if replica.method != "http":
+        return stage_arrived(ctx, session, replica)
     if replica.state == S.staged:
         return True
     if replica.state not in (S.registered, S.uploading):
@@ -98,9 +157,14 @@ def verify_staged(
         )
         return
     if replica.staged_sha256 is None:
-        digests = rehash_staged(ctx, replica)
+        try:
+            digests = rehash_staged(ctx, replica)
+        except StageboxError as exc:
+            transition(session, replica, S.failed, error=f"staged file refused: {exc}")
+            return
         replica.staged_sha256 = digests["sha256"]
         replica.staged_md5 = digests.get("md5")
+        replica.staged_identity = digests.get("identity")
     for algo, declared, staged in (
         ("sha256", replica.declared_sha256, replica.staged_sha256),
         ("md5", replica.declared_md5, replica.staged_md5),
@@ -151,11 +215,18 @@ def promote_task(ctx: ServerContext, replica_id: int) -> None:
         src_box, src_key = replica.box_id, replica.key
         dest_key = store_key(datafile)
         expected = datafile.sha256
+        identity = replica.staged_identity
     src, dest = ctx.backend(src_box), ctx.store
     try:
         result = src.promote(src_key, dest, dest_key, ctx.settings.algorithms)
     except StageboxError as exc:
         _fail(ctx, replica_id, f"promotion failed: {exc}")
+        return
+    if result.renamed and identity is not None and dest.identity(dest_key) != identity:
+        # Bytes that arrived behind the server's back were swapped or rewritten
+        # between hashing and the move: what was hashed is not what is here.
+        dest.delete(dest_key)
+        _fail(ctx, replica_id, "the staged file changed after it was verified")
         return
     if not result.renamed and result.digests.get("sha256") != expected:
         dest.delete(dest_key)
@@ -214,10 +285,25 @@ def sweep(ctx: ServerContext) -> dict[str, int]:
                 select(Replica.id).where(Replica.state == S.verified, Replica.updated_at < stale)
             )
         )
-        # Uploads idle for a while whose last bytes may have landed unrecorded.
+        # Uploads idle for a while whose last bytes may have landed unrecorded,
+        # and sftp uploads whose client never called /complete: their bytes
+        # arrive behind our back, so only a look at the staging box tells.
         idle_uploads = list(
             session.scalars(
-                select(Replica.id).where(Replica.state == S.uploading, Replica.updated_at < stale)
+                select(Replica.id).where(
+                    Replica.state == S.uploading,
+                    Replica.updated_at < stale,
+                    Replica.method == "http",
+                )
+            )
+        )
+        arrivals = list(
+            session.scalars(
+                select(Replica.id).where(
+                    Replica.state.in_([S.registered, S.uploading]),
+                    Replica.updated_at < stale,
+                    Replica.method != "http",
+                )
             )
         )
         expired = list(
@@ -231,8 +317,7 @@ def sweep(ctx: ServerContext) -> dict[str, int]:
             )
         )
         for replica in expired:
-            ctx.backend(replica.box_id).delete(replica.key)
-            ctx.forget_upload(replica.upload_token or "")
+            discard_staged(ctx, replica)
             transition(
                 session,
                 replica,
@@ -258,4 +343,42 @@ def sweep(ctx: ServerContext) -> dict[str, int]:
     for replica_id in idle_uploads:
         ctx.runner.submit("verify", replica_id=replica_id)
         counts["verify"] += 1
+    for replica_id in arrivals:
+        ctx.runner.submit("arrival", replica_id=replica_id)
+        counts["verify"] += 1
     return counts
+
+
+def arrival_task(ctx: ServerContext, replica_id: int) -> None:
+    """Look at an sftp upload whose client went quiet: verify it if it is whole.
+
+    A final name holding the registered size is verified with the server's own
+    digest. Anything else stays unfinished, with the bytes seen so far (the
+    final name, else the partial) recorded; a final name larger than
+    registered fails with the reason.
+    """
+    with ctx.catalog.session() as session:
+        replica = _load(session, replica_id)
+        if replica is None or replica.state not in (S.registered, S.uploading):
+            return
+        try:
+            whole = stage_if_whole(ctx, session, replica)
+            final = ctx.backend(replica.box_id).size(replica.key)
+        except StageboxError as exc:
+            transition(session, replica, S.failed, error=f"staged file refused: {exc}")
+            return
+        if not whole:
+            if final is not None and final > replica.datafile.size:
+                transition(
+                    session,
+                    replica,
+                    S.failed,
+                    error=(
+                        f"size mismatch: registered {replica.datafile.size} bytes, staged {final}"
+                    ),
+                )
+            return
+        verify_staged(ctx, session, replica, size_only=True)
+        verified = replica.state == S.verified
+    if verified:
+        promote_task(ctx, replica_id)

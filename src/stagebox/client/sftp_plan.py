@@ -1,0 +1,77 @@
+"""Choosing how to stage: sftp when this installation's key is approved, else http."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stagebox.client import identity
+from stagebox.client.api import StageboxClient
+from stagebox.errors import Forbidden
+from stagebox.transports.base import Transport
+
+
+@dataclass
+class Plan:
+    method: str
+    notice: str | None = None
+    transport_factory: Callable[[], Transport] | None = None
+
+
+def _approved(client: StageboxClient, key: Path) -> tuple[dict[str, Any] | None, str]:
+    """The approved request for this machine's key, or why there is none."""
+    if not key.exists():
+        return None, "no SSH key here yet (run: stagebox register)"
+    public = key.with_name(key.name + ".pub")
+    import asyncssh
+
+    try:
+        mine = asyncssh.import_public_key(public.read_text()).get_fingerprint("sha256")
+    except (OSError, ValueError, asyncssh.KeyImportError):
+        return None, f"cannot read {public} (run: stagebox register)"
+    requests = [r for r in client.registrations() if r["fingerprint"] == mine]
+    if not requests:
+        return None, "this machine's key is not registered (run: stagebox register)"
+    last = requests[-1]
+    if last["state"] == "approved" and last.get("sftp"):
+        return last, ""
+    why = f"registration request {last['id']} is {last['state']}"
+    if last.get("reason"):
+        why += f" ({last['reason']})"
+    return None, why
+
+
+def plan(
+    client: StageboxClient,
+    method: str,
+    *,
+    key: Path | None = None,
+    known_hosts: Path | None = None,
+    accept_new_host_key: bool = False,
+) -> Plan:
+    """``http`` as asked; ``sftp`` or refuse; ``auto``: sftp if approved, else http
+    with a one-line notice saying why."""
+    if method == "http":
+        return Plan("http")
+    key = key or identity.key_path()
+    request, why = _approved(client, key)
+    if request is None:
+        if method == "sftp":
+            raise Forbidden(f"sftp is not approved for this uploader: {why}")
+        return Plan("http", notice=f"uploading over http: {why}")
+    from stagebox import ssh
+    from stagebox.transports.sftp import SftpTransport
+
+    sftp = request["sftp"]
+    ssh.check_private_key(key)
+    target = ssh.SshTarget(sftp["host"], int(sftp["port"]), sftp["user"])
+    options = ssh.SshOptions(
+        key=key,
+        known_hosts=known_hosts or identity.known_hosts_path(),
+        accept_new_host_key=accept_new_host_key,
+    )
+    # Once, before any thread connects: a first contact is recorded once.
+    ssh.run(ssh.trusted_keys(target, options))
+    return Plan("sftp", transport_factory=lambda: SftpTransport(target, options, sftp["root"]))

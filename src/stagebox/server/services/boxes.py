@@ -1,0 +1,98 @@
+"""Storage boxes an admin adds: where bytes are staged or kept, and how uploaders reach them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from stagebox.errors import Conflict, InvalidInput, NotFound
+from stagebox.names import clean_component
+from stagebox.server.db.models import BoxRole, StorageBox
+
+# internal-sftp splits its arguments on whitespace and honours quotes, so a root
+# that goes into a forced command must hold none of them.
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+@%=,:-]*$")
+_HOST = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
+_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+
+
+def _absolute(value: str, field: str) -> str:
+    if not value.startswith("/"):
+        raise InvalidInput(field, "must be an absolute path", value)
+    if not _SAFE_PATH.match(value) or "/../" in value + "/" or "/./" in value + "/":
+        raise InvalidInput(
+            field,
+            "may hold only letters, digits and . _ / + @ % = , : - (no spaces, quotes or '..')",
+            value,
+        )
+    return value.rstrip("/") or "/"
+
+
+def add_box(
+    session: Session,
+    name: str,
+    *,
+    role: str,
+    backend: str = "local",
+    path: str | None = None,
+    sftp_host: str | None = None,
+    sftp_port: int | None = None,
+    sftp_user: str | None = None,
+    sftp_root: str | None = None,
+) -> StorageBox:
+    """Validate and add a box; every error names the option that broke a rule."""
+    name = clean_component(name, "name")
+    if role not in BoxRole.__members__:
+        raise InvalidInput("role", f"must be one of {', '.join(BoxRole)}", role)
+    if backend != "local":
+        raise InvalidInput("backend", "must be 'local' (s3 boxes arrive with bag ingest)", backend)
+    if not path:
+        raise InvalidInput("path", "is required for a local box")
+    attributes: dict[str, Any] = {"path": _absolute(path, "path")}
+    sftp = {"sftp_host": sftp_host, "sftp_port": sftp_port, "sftp_user": sftp_user}
+    if sftp_root is not None or any(v is not None for v in sftp.values()):
+        if role != BoxRole.staging:
+            raise InvalidInput("role", "only a staging box can take sftp attributes", role)
+        if not sftp_host or not _HOST.match(sftp_host):
+            raise InvalidInput("sftp_host", "must be a host name or address", sftp_host)
+        if not sftp_user or not _USER.match(sftp_user):
+            raise InvalidInput("sftp_user", "must be a POSIX account name", sftp_user)
+        port = 22 if sftp_port is None else sftp_port
+        if not 1 <= port <= 65535:
+            raise InvalidInput("sftp_port", "must be between 1 and 65535", sftp_port)
+        attributes.update(
+            sftp_host=sftp_host,
+            sftp_port=port,
+            sftp_user=sftp_user,
+            sftp_root=_absolute(sftp_root or attributes["path"], "sftp_root"),
+        )
+    if session.scalar(select(StorageBox).where(StorageBox.name == name)) is not None:
+        raise Conflict(f"a box named {name!r} already exists")
+    Path(attributes["path"]).mkdir(parents=True, exist_ok=True)
+    box = StorageBox(name=name, backend=backend, role=role, attributes=attributes)
+    session.add(box)
+    session.flush()
+    return box
+
+
+def get_box(session: Session, name: str) -> StorageBox:
+    box = session.scalar(select(StorageBox).where(StorageBox.name == name))
+    if box is None:
+        raise NotFound(f"no box named {name!r}")
+    return box
+
+
+def list_boxes(session: Session) -> list[StorageBox]:
+    return list(session.scalars(select(StorageBox).order_by(StorageBox.id)))
+
+
+def is_sftp(box: StorageBox) -> bool:
+    return bool(box.attributes.get("sftp_host"))
+
+
+def public(box: StorageBox) -> dict[str, Any]:
+    return {"name": box.name, "role": box.role, "backend": box.backend, **box.attributes}

@@ -1,0 +1,257 @@
+"""SFTP to an OpenSSH staging host: pipelined writes to ``NAME.part``, then a rename.
+
+One SSH connection per transport (the uploader keeps one per thread) carries
+every file that thread sends. ``open`` stats the partial file and answers its
+size, so a resumed upload re-hashes that prefix locally and sends the rest.
+``write`` hands each chunk to the SSH loop without waiting: up to
+``queue_depth`` chunks are in flight, and asyncssh splits each into parallel
+requests of the server's largest write size. ``finish`` waits for them, sets
+the file's mode, renames it into place and answers the size the server holds.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import posixpath
+import uuid
+from concurrent.futures import Future
+
+import asyncssh
+
+from stagebox import ssh
+from stagebox.errors import ConnectionFailed, StageboxError, TransportError
+from stagebox.transports.base import Transport
+
+DIR_MODE = 0o2770
+FILE_MODE = 0o660
+BUNDLE_DIR = ".bundles"
+
+
+def _error(what: str, exc: BaseException) -> StageboxError:
+    """Map an SFTP failure: a lost connection is retried, a refusal is not."""
+    if isinstance(exc, StageboxError):
+        return exc
+    if isinstance(exc, asyncssh.SFTPPermissionDenied | asyncssh.SFTPNoSpaceOnFilesystem):
+        return TransportError(f"{what}: {ssh.describe(exc)}")
+    if isinstance(exc, asyncssh.SFTPQuotaExceeded | asyncssh.SFTPWriteProtect):
+        return TransportError(f"{what}: {ssh.describe(exc)}")
+    return ConnectionFailed(f"{what}: {ssh.describe(exc)}")
+
+
+class SftpTransport(Transport):
+    def __init__(
+        self,
+        target: ssh.SshTarget,
+        options: ssh.SshOptions,
+        root: str,
+        queue_depth: int = 8,
+    ) -> None:
+        self.target = target
+        self.options = options
+        self.root = root.rstrip("/")  # this uploader's own staging directory
+        self._depth = queue_depth
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._sftp: asyncssh.SFTPClient | None = None
+        self._dirs: set[str] = set()
+        self._path = ""
+        self._length = 0
+        self._file: asyncssh.SFTPClientFile | None = None
+        self._pending: collections.deque[Future[int]] = collections.deque()
+
+    # -- connection --------------------------------------------------------
+
+    def _client(self) -> asyncssh.SFTPClient:
+        if self._sftp is None:
+            self._sftp = ssh.run(self._connect())
+        return self._sftp
+
+    async def _connect(self) -> asyncssh.SFTPClient:
+        self._conn = await ssh.connect(self.target, self.options)
+        try:
+            return await self._conn.start_sftp_client()
+        except (OSError, asyncssh.Error) as exc:
+            self._conn.close()
+            raise ConnectionFailed(f"{self.target}: no SFTP service: {ssh.describe(exc)}") from None
+
+    def _drop(self) -> None:
+        """Forget a connection that failed; the next ``open`` reconnects."""
+        conn, self._conn, self._sftp, self._file = self._conn, None, None, None
+        self._dirs.clear()
+        if conn is not None:
+            conn.close()
+
+    # -- one file ------------------------------------------------------------
+
+    def open(self, target: str, length: int) -> int:
+        self._abort_pending()
+        self._path, self._length = target, length
+        sftp = self._client()
+        try:
+            offset, self._file = ssh.run(self._open(sftp, target, length))
+        except BaseException as exc:
+            error = _error(f"open {target}", exc)
+            if isinstance(error, ConnectionFailed):
+                self._drop()
+            raise error from None
+        return offset
+
+    async def _open(
+        self, sftp: asyncssh.SFTPClient, path: str, length: int
+    ) -> tuple[int, asyncssh.SFTPClientFile | None]:
+        await self._makedirs(sftp, posixpath.dirname(path))
+        final = await _size(sftp, path)
+        if final == length:
+            return length, None  # renamed into place by an earlier attempt
+        if final is not None:
+            await sftp.remove(path)
+        part = path + ".part"
+        size = await _size(sftp, part)
+        if size is not None and size > length:
+            await sftp.remove(part)
+            size = None
+        flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT
+        handle = await sftp.open(
+            part, flags, attrs=asyncssh.SFTPAttrs(permissions=FILE_MODE), encoding=None
+        )
+        if size is None:
+            await handle.chmod(FILE_MODE)  # the server's umask must not narrow it
+        return size or 0, handle
+
+    async def _makedirs(self, sftp: asyncssh.SFTPClient, path: str) -> None:
+        """Create missing directories (mode 2770) up to ``path``; remembered per connection."""
+        missing = []
+        while path and path != "/" and path not in self._dirs:
+            if await _size(sftp, path, directory=True) is not None:
+                break
+            missing.append(path)
+            path = posixpath.dirname(path)
+        for directory in reversed(missing):
+            try:
+                await sftp.mkdir(directory, asyncssh.SFTPAttrs(permissions=DIR_MODE))
+            except asyncssh.SFTPFailure:
+                if await _size(sftp, directory, directory=True) is None:
+                    raise
+            else:
+                await sftp.chmod(directory, DIR_MODE)
+            self._dirs.add(directory)
+        self._dirs.add(path)
+
+    def write(self, offset: int, chunk: bytes) -> None:
+        if self._file is None:
+            raise TransportError(f"{self._path}: write without open")
+        self._pending.append(ssh.submit(self._file.write(chunk, offset)))
+        while len(self._pending) > self._depth:
+            self._wait(self._pending.popleft())
+
+    def _wait(self, future: Future[int]) -> None:
+        try:
+            future.result()
+        except BaseException as exc:
+            error = _error(f"write {self._path}", exc)
+            self._abort_pending()
+            if isinstance(error, ConnectionFailed):
+                self._drop()
+            raise error from None
+
+    def finish(self) -> int:
+        while self._pending:
+            self._wait(self._pending.popleft())
+        handle, self._file = self._file, None
+        try:
+            return ssh.run(self._finish(handle))
+        except BaseException as exc:
+            error = _error(f"finish {self._path}", exc)
+            if isinstance(error, ConnectionFailed):
+                self._drop()
+            raise error from None
+
+    async def _finish(self, handle: asyncssh.SFTPClientFile | None) -> int:
+        assert self._sftp is not None
+        if handle is not None:
+            await handle.close()
+            await self._sftp.posix_rename(self._path + ".part", self._path)
+        return await _size(self._sftp, self._path) or 0
+
+    def _abort_pending(self) -> None:
+        pending, self._pending = self._pending, collections.deque()
+        for future in pending:
+            future.cancel()
+        for future in pending:
+            with contextlib.suppress(Exception):  # the write is being abandoned
+                future.result(timeout=30)
+
+    def abandon(self) -> None:
+        self._abort_pending()
+        handle, self._file = self._file, None
+        if handle is not None and self._sftp is not None:
+            try:
+                ssh.run(handle.close(), timeout=30)
+            except Exception:
+                self._drop()
+
+    def discard(self, target: str) -> None:
+        self.abandon()
+        sftp = self._client()
+        for path in (target + ".part", target):
+            try:
+                ssh.run(sftp.remove(path))
+            except asyncssh.SFTPNoSuchFile:
+                pass
+            except BaseException as exc:
+                raise _error(f"remove {path}", exc) from None
+
+    # -- many small files ----------------------------------------------------
+
+    def put_bundle(self, parts: list[bytes]) -> str:
+        """Write a bundle file into this uploader's staging directory; returns its
+        path relative to that directory (what ``/bundle/staged`` takes)."""
+        relative = f"{BUNDLE_DIR}/{uuid.uuid4().hex}.bundle"
+        path = f"{self.root}/{relative}"
+        sftp = self._client()
+        try:
+            ssh.run(self._put(sftp, path, parts))
+        except BaseException as exc:
+            error = _error(f"write {path}", exc)
+            if isinstance(error, ConnectionFailed):
+                self._drop()
+            raise error from None
+        return relative
+
+    async def _put(self, sftp: asyncssh.SFTPClient, path: str, parts: list[bytes]) -> None:
+        await self._makedirs(sftp, posixpath.dirname(path))
+        flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
+        async with sftp.open(
+            path, flags, attrs=asyncssh.SFTPAttrs(permissions=FILE_MODE), encoding=None
+        ) as handle:
+            offset = 0
+            writes = []
+            for part in parts:
+                writes.append(handle.write(part, offset))
+                offset += len(part)
+            for write in writes:
+                await write
+
+    def close(self) -> None:
+        self.abandon()
+        if self._conn is not None:
+            conn = self._conn
+            self._drop()
+            with contextlib.suppress(Exception):  # closing anyway
+                ssh.run(conn.wait_closed(), timeout=10)
+
+
+async def _size(sftp: asyncssh.SFTPClient, path: str, directory: bool = False) -> int | None:
+    """Size of a regular file (or 0 for a directory when ``directory``); None if absent."""
+    try:
+        attrs = await sftp.lstat(path)
+    except asyncssh.SFTPNoSuchFile:
+        return None
+    kind = attrs.type
+    if directory:
+        if kind != asyncssh.FILEXFER_TYPE_DIRECTORY:
+            raise TransportError(f"{path} exists and is not a directory")
+        return 0
+    if kind != asyncssh.FILEXFER_TYPE_REGULAR:
+        raise TransportError(f"{path} exists and is not a regular file")
+    return attrs.size or 0

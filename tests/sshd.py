@@ -1,0 +1,197 @@
+"""A real OpenSSH staging host on 127.0.0.1, set up as the README's recipe says.
+
+A dedicated staging account in a group shared with the server, a setgid
+staging root (2770) it can write, and sshd with ``Match User`` +
+``ForceCommand internal-sftp``. Keys come from ``stagebox admin
+authorized-keys %u`` (AuthorizedKeysCommand) or from the file ``export-keys``
+wrote. The tests run as root, so the account is created when missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stagebox.server.process import free_port
+
+SSHD = Path("/usr/sbin/sshd")
+STAGING_USER = "stagebox-sftp"
+STAGING_GROUP = "stagebox-stage"
+
+CONFIG = """\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {dir}/ssh_host_ed25519_key
+PidFile {dir}/sshd.pid
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+StrictModes {strict}
+UsePAM no
+UseDNS no
+PrintMotd no
+AuthorizedKeysFile {keys_file}
+Subsystem sftp internal-sftp
+Match User {user}
+    {keys_command}
+    ForceCommand internal-sftp -u 0007
+    AllowTcpForwarding no
+    X11Forwarding no
+    PermitTTY no
+"""
+
+
+def ensure_account() -> None:
+    """The staging account and its group, created once (the tests run as root)."""
+    if os.geteuid() != 0:
+        raise RuntimeError("the sftp tests set up a staging account and must run as root")
+    try:
+        grp.getgrnam(STAGING_GROUP)
+    except KeyError:
+        subprocess.run(["groupadd", "--system", STAGING_GROUP], check=True)
+    try:
+        pwd.getpwnam(STAGING_USER)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--gid",
+                STAGING_GROUP,
+                "--home-dir",
+                "/nonexistent",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                STAGING_USER,
+            ],
+            check=True,
+        )
+    # A "!" password locks the account and sshd then refuses even keys.
+    subprocess.run(["usermod", "-p", "*", STAGING_USER], check=True)
+
+
+def staging_root(path: Path) -> Path:
+    """A setgid directory the staging account writes through its group."""
+    ensure_account()
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, 0, grp.getgrnam(STAGING_GROUP).gr_gid)
+    os.chmod(path, 0o2770)
+    return path
+
+
+def keys_command(data_dir: Path, home: Path) -> Path:
+    """A root-owned wrapper sshd may run (it refuses commands under /tmp)."""
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o755)
+    script = home / "authorized-keys"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'exec {sys.executable} -m stagebox admin --data-dir {data_dir} authorized-keys "$1"\n'
+    )
+    os.chmod(script, 0o755)
+    return script
+
+
+@dataclass
+class StagingHost:
+    """sshd on a free port; keys from ``command`` (a path) or ``keys_file``."""
+
+    root: Path
+    command: Path | None = None
+    keys_file: Path | None = None
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host_key(self) -> Path:
+        return self.root / "ssh_host_ed25519_key"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "sshd.log"
+
+    def start(self, timeout: float = 20.0) -> None:
+        ensure_account()
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.host_key.exists():
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)],
+                check=True,
+            )
+        command = (
+            f"AuthorizedKeysCommand {self.command} %u\n    AuthorizedKeysCommandUser root"
+            if self.command
+            else ""
+        )
+        config = self.root / "sshd_config"
+        config.write_text(
+            CONFIG.format(
+                port=self.port,
+                dir=self.root,
+                user=STAGING_USER,
+                keys_command=command,
+                keys_file=self.keys_file or "none",
+                # A keys file under /tmp cannot pass StrictModes' path checks.
+                strict="no" if self.keys_file else "yes",
+            )
+        )
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(SSHD), "-t", "-f", str(config)], check=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(SSHD), "-D", "-e", "-f", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited early:\n{self.log_path.read_text()}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock,
+            ):
+                if sock.recv(4).startswith(b"SSH-"):
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"sshd did not listen in {timeout:.0f}s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = None
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+
+def traversable_dir(prefix: str) -> Path:
+    """A fresh directory the staging account can reach (pytest's tmp is 0700)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(path, 0o755)
+    return path
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
