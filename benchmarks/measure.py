@@ -5,7 +5,9 @@
   e.g. the ``ssh`` under ``scp``).
 - server CPU: delta of user+sys+children_user+children_system of the long-lived server
   process (sshd reaps its per-connection sessions, so their CPU lands in its children
-  times; we wait for those sessions to end before reading it).
+  times; we wait for those sessions to end before reading it). ``also`` names more
+  long-lived processes measured the same way, each on its own (the sftp cases: the
+  staging sshd beside ``stagebox serve``).
 - peak RSS: every 50 ms psutil samples each process tree; the peak is the larger of the
   highest summed RSS of the tree and the largest kernel high-water mark (``VmHWM``, exact
   per process since its exec) seen in it. Both are lower bounds of the true tree peak; for
@@ -23,7 +25,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -99,6 +101,8 @@ class Measurement:
     server_cpu_s: float | None
     server_peak_rss: int | None
     samples: int
+    also_cpu_s: dict[str, float] = field(default_factory=dict)
+    also_peak_rss: dict[str, int] = field(default_factory=dict)
 
     @property
     def cpu_s(self) -> float:
@@ -124,10 +128,14 @@ def run_measured(
     env: Mapping[str, str] | None = None,
     server: psutil.Process | None = None,
     drain_server_children: bool = False,
+    also: Mapping[str, psutil.Process] | None = None,
     timeout: float = 1800.0,
 ) -> Measurement:
-    """Run ``cmd`` to completion while sampling it and ``server``; never raises on exit code."""
+    """Run ``cmd`` to completion while sampling it, ``server`` and ``also``; never raises on
+    exit code. ``drain_server_children`` waits for the sessions of ``server`` and ``also``."""
+    also = dict(also or {})
     server_cpu0 = cpu_seconds(server) if server is not None else 0.0
+    also_cpu0 = {name: cpu_seconds(p) for name, p in also.items()}
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -136,6 +144,7 @@ def run_measured(
         targets = {"client": psutil.Process(proc.pid)}
         if server is not None:
             targets["server"] = server
+        targets.update(also)
         poller = Poller(targets)
         poller.start()
 
@@ -157,8 +166,9 @@ def run_measured(
             watchdog.cancel()
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
-    if server is not None and drain_server_children:
-        wait_for_no_children(server, timeout=10.0)
+    if drain_server_children:
+        for p in [*([server] if server is not None else []), *also.values()]:
+            wait_for_no_children(p, timeout=10.0)
     poller.sample()
     poller.stop()
     server_cpu = server_peak = None
@@ -173,4 +183,6 @@ def run_measured(
         server_cpu_s=server_cpu,
         server_peak_rss=server_peak,
         samples=poller.samples,
+        also_cpu_s={name: cpu_seconds(p) - also_cpu0[name] for name, p in also.items()},
+        also_peak_rss={name: poller.peaks[name] for name in also},
     )

@@ -1,4 +1,5 @@
-"""Servers the benchmarks talk to: a fresh ``stagebox serve`` per run and one local sshd."""
+"""Servers the benchmarks talk to: a fresh ``stagebox serve`` per run, one local sshd, and
+for the sftp cases a staging sshd set up as the README's recipe says (``tests/sshd.py``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from stagebox.server.process import ServerProcess, free_port
+from tests.sshd import StagingHost
 
 SSHD = Path("/usr/sbin/sshd")
 
@@ -138,6 +140,10 @@ class Sshd:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        self.wait_for_login(timeout)
+
+    def wait_for_login(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         probe = ["ssh", "-p", str(self.port), *self.ssh_options(), f"{self.user}@127.0.0.1"]
         while time.monotonic() < deadline:
@@ -153,3 +159,45 @@ class Sshd:
         if self.proc is not None:
             stop_group(self.proc)
         self.proc = None
+
+
+@dataclass
+class StagingSshd(Sshd):
+    """The sftp cases' sshd: ``tests/sshd.py``'s staging host (the staging account gets
+    ``ForceCommand internal-sftp -u 0007`` and its keys from stagebox's
+    AuthorizedKeysCommand ``command``), and root logs in with a generated key, so the
+    peers (scp, sftp, rsync, rclone) and stagebox talk to the same sshd."""
+
+    command: Path | None = None
+    user: str = "root"
+    host: StagingHost | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "host" / "sshd.log"
+
+    @property
+    def host_public_key(self) -> Path:
+        assert self.host is not None
+        return self.host.host_key.with_suffix(".pub")
+
+    def start(self, timeout: float = 20.0) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True)
+        keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", ""]
+        subprocess.run([*keygen, "-f", str(self.key)], check=True)
+        shutil.copy(self.key.with_suffix(".pub"), self.root / "authorized_keys")
+        self.host = StagingHost(
+            self.root / "host",
+            command=self.command,
+            port=self.port,
+            root_keys_file=self.root / "authorized_keys",
+        )
+        self.host.start(timeout)
+        self.proc = self.host.proc
+        self.wait_for_login(timeout)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.host is not None:
+            self.host.proc = None

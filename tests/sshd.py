@@ -51,6 +51,13 @@ Match User {user}
     PermitTTY no
 """
 
+# Only with ``root_keys_file`` (the benchmarks' scp/rsync/sftp peers): root may log in
+# with a key from that file; the staging account's rules above are unchanged.
+ROOT_LOGIN = """\
+Match User root
+    AuthorizedKeysFile {keys_file}
+"""
+
 
 def ensure_account() -> None:
     """The staging account and its group, created once (the tests run as root)."""
@@ -106,13 +113,18 @@ def keys_command(data_dir: Path, home: Path) -> Path:
 
 @dataclass
 class StagingHost:
-    """sshd on a free port; keys from ``command`` (a path) or ``keys_file``."""
+    """sshd on a free port; keys from ``command`` (a path) or ``keys_file``.
+
+    ``root_keys_file`` (default off) also lets root log in with the keys in that file,
+    for the benchmarks' peers that need a shell (rsync) on the same sshd.
+    """
 
     root: Path
     command: Path | None = None
     keys_file: Path | None = None
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    root_keys_file: Path | None = None
 
     @property
     def host_key(self) -> Path:
@@ -136,17 +148,19 @@ class StagingHost:
             else ""
         )
         config = self.root / "sshd_config"
-        config.write_text(
-            CONFIG.format(
-                port=self.port,
-                dir=self.root,
-                user=STAGING_USER,
-                keys_command=command,
-                keys_file=self.keys_file or "none",
-                # A keys file under /tmp cannot pass StrictModes' path checks.
-                strict="no" if self.keys_file else "yes",
-            )
+        text = CONFIG.format(
+            port=self.port,
+            dir=self.root,
+            user=STAGING_USER,
+            keys_command=command,
+            keys_file=self.keys_file or "none",
+            # A keys file under /tmp cannot pass StrictModes' path checks.
+            strict="no" if self.keys_file else "yes",
         )
+        if self.root_keys_file is not None:
+            text = text.replace("PermitRootLogin no\n", "PermitRootLogin prohibit-password\n")
+            text += ROOT_LOGIN.format(keys_file=self.root_keys_file)
+        config.write_text(text)
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         subprocess.run([str(SSHD), "-t", "-f", str(config)], check=True)
         with open(self.log_path, "ab") as log:
