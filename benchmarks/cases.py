@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import os
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from benchmarks.servers import SSHD, SftpStage
 from benchmarks.sides import (
     Bench,
     Profile,
     Record,
     RunFailed,
     cp_then_sha256,
+    on_staging_sshd,
+    rclone_copy,
     rsync_tree,
     scp_copy,
+    scp_tree,
+    sftp_put,
     stagebox_help,
+    stagebox_sftp_upload,
     stagebox_upload,
 )
 from benchmarks.workloads import MiB, big_file, human_size, small_tree
@@ -210,6 +218,123 @@ def run_local_limit(b: Bench, result: CaseResult) -> None:
     alternate(b, result, sides, b.profile.warmups, b.profile.runs)
 
 
+# -- sftp: stagebox upload --method sftp vs OpenSSH tools, all to the same staging sshd ----
+
+
+@contextmanager
+def sftp_stage(b: Bench, name: str) -> Iterator[SftpStage]:
+    """The case's staging sshd and approved uploader, set up untimed and torn down after."""
+    stage = SftpStage(b.work / "sftp" / name)
+    print("  setting up: staging sshd, box, register, approve, first contact", flush=True)
+    try:
+        try:
+            stage.start()
+        except (RuntimeError, OSError, KeyError, StopIteration) as exc:
+            raise RunFailed(f"sftp setup failed: {exc}") from exc
+        yield stage
+    finally:
+        stage.stop()
+
+
+def _peer(fn: Callable[[str], Record]) -> Callable[[str], Record]:
+    return lambda label: on_staging_sshd(fn(label))
+
+
+def plan_sftp_big(p: Profile) -> CaseResult:
+    return CaseResult(
+        name="sftp-big",
+        title=(
+            f"sftp {human_size(p.big_bytes)}: stagebox upload --method sftp vs sftp put, scp, "
+            "rsync -a -e ssh, rclone copy, one staging sshd"
+        ),
+        sides=["stagebox", "sftp put", "scp", "rsync", "rclone"],
+        ratio_of="throughput",
+        targets=[Target("sftp: stagebox throughput >= 0.9x sftp put throughput", ">=", 0.9)],
+        params={"file_bytes": p.big_bytes, "warmups": p.warmups, "runs": p.runs},
+    )
+
+
+def run_sftp_big(b: Bench, result: CaseResult) -> None:
+    size = b.profile.big_bytes
+    folder = big_file(b.workloads, size, repeat_block=False)
+    path = folder / "data.bin"
+    with sftp_stage(b, result.name) as stage:
+        sshd = stage.sshd
+        sides = [
+            ("stagebox", lambda label: stagebox_sftp_upload(b, stage, folder, 1, size, label)),
+            ("sftp put", _peer(lambda label: sftp_put(b, path, label, sshd))),
+            ("scp", _peer(lambda label: scp_copy(b, path, label, sshd))),
+            ("rsync", _peer(lambda label: rsync_tree(b, folder, 1, size, label, sshd))),
+            ("rclone", _peer(lambda label: rclone_copy(b, folder, 1, size, label, sshd))),
+        ]
+        alternate(b, result, sides, b.profile.warmups, b.profile.runs)
+
+
+def plan_sftp_small(p: Profile) -> CaseResult:
+    return CaseResult(
+        name="sftp-small",
+        title=(
+            f"sftp small files: {p.small_files:,} x {human_size(p.small_bytes)} in "
+            f"{p.small_folders} folders, stagebox upload --method sftp vs rsync -a -e ssh, scp -r"
+        ),
+        sides=["stagebox", "rsync", "scp -r"],
+        unit="files/s",
+        ratio_of="wall_s",
+        targets=[Target("sftp small files: stagebox time <= 2x rsync time", "<=", 2.0)],
+        params={
+            "files": p.small_files,
+            "folders": p.small_folders,
+            "file_bytes": p.small_bytes,
+            "warmups": p.warmups,
+            "runs": p.runs,
+        },
+    )
+
+
+def run_sftp_small(b: Bench, result: CaseResult) -> None:
+    p = b.profile
+    tree = small_tree(b.workloads, p.small_files, p.small_folders, p.small_bytes)
+    n, nbytes = p.small_files, p.small_files * p.small_bytes
+    with sftp_stage(b, result.name) as stage:
+        sshd = stage.sshd
+        sides = [
+            ("stagebox", lambda label: stagebox_sftp_upload(b, stage, tree, n, nbytes, label)),
+            ("rsync", _peer(lambda label: rsync_tree(b, tree, n, nbytes, label, sshd))),
+            ("scp -r", _peer(lambda label: scp_tree(b, tree, n, nbytes, label, sshd))),
+        ]
+        alternate(b, result, sides, p.warmups, p.runs)
+
+
+def plan_sftp_memory(p: Profile) -> CaseResult:
+    return CaseResult(
+        name="sftp-memory",
+        title=f"sftp memory: stagebox upload --method sftp of {human_size(p.mem_bytes)}, peak RSS",
+        sides=["stagebox"],
+        targets=[
+            Target(
+                "sftp memory: client peak RSS <= 100 MiB",
+                "<=",
+                100,
+                "MiB",
+                side="stagebox",
+                field="client_peak_rss",
+                scale=MiB,
+            ),
+        ],
+        params={"file_bytes": p.mem_bytes, "warmups": p.mem_warmups, "runs": p.sftp_mem_runs},
+    )
+
+
+def run_sftp_memory(b: Bench, result: CaseResult) -> None:
+    size = b.profile.mem_bytes
+    folder = big_file(b.workloads, size, repeat_block=True)
+    with sftp_stage(b, result.name) as stage:
+        sides = [
+            ("stagebox", lambda label: stagebox_sftp_upload(b, stage, folder, 1, size, label))
+        ]
+        alternate(b, result, sides, b.profile.mem_warmups, b.profile.sftp_mem_runs)
+
+
 # -- planned cases: listed, not run ------------------------------------------------------
 
 
@@ -230,16 +355,25 @@ def needs_sshd(b: Bench) -> str | None:
     return None if b.sshd is not None else f"no sshd: {b.sshd_error}"
 
 
+def needs_staging_host(b: Bench) -> str | None:
+    """The staging sshd needs root (it adds the staging account) and OpenSSH's sshd."""
+    if os.geteuid() != 0:
+        return "the staging sshd sets up a staging account and needs root"
+    if not SSHD.exists():
+        return f"{SSHD} not found (make system-deps installs openssh-server)"
+    if not Path("/usr/bin/rclone").exists() and b.profile is None:
+        return None
+    return needs_feature("sftp")(b)
+
+
 CASES: list[Case] = [
     Case("http-big", plan_http_big, run_http_big, probe=needs_sshd),
     Case("small-files", plan_small_files, run_small_files, probe=needs_sshd),
     Case("memory", plan_memory, run_memory),
     Case("local-limit", plan_local_limit, run_local_limit),
-    Case(
-        "sftp",
-        planned("sftp", "sftp: upload through stagebox's sftp front end vs scp", ["stagebox"]),
-        probe=needs_feature("sftp"),
-    ),
+    Case("sftp-big", plan_sftp_big, run_sftp_big, probe=needs_staging_host),
+    Case("sftp-small", plan_sftp_small, run_sftp_small, probe=needs_staging_host),
+    Case("sftp-memory", plan_sftp_memory, run_sftp_memory, probe=needs_staging_host),
     Case(
         "s3",
         planned("s3", "s3: stagebox with an S3 box vs rclone copy", ["stagebox", "rclone"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import os
 import shutil
 import signal
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import psutil
 
-from stagebox.server.process import ServerProcess, free_port
-from tests.sshd import StagingHost
+from stagebox.server.process import ServerProcess, free_port, stagebox_cmd
+from tests.sshd import STAGING_USER, StagingHost, keys_command, staging_root
 
 SSHD = Path("/usr/sbin/sshd")
 
@@ -201,3 +202,142 @@ class StagingSshd(Sshd):
         super().stop()
         if self.host is not None:
             self.host.proc = None
+
+
+BOX = "sftp-staging"
+UPLOADER = "bench"
+KEYS_COMMANDS = Path("/run/stagebox-bench")  # sshd runs no AuthorizedKeysCommand from /tmp
+
+
+@dataclass
+class SftpStage:
+    """One sftp case's servers under ``root``: a staging sshd, and a stagebox data dir in
+    which uploader ``bench`` is registered and approved on an sftp staging box.
+
+    ``start`` does the admin recipe once (untimed): box, uploader, ``stagebox register``,
+    approval, then a snapshot of the data dir, then one small upload with
+    ``--accept-new-host-key`` (the first contact records the host key in the client's
+    known_hosts; the timed runs pass no flag). ``fresh_server`` restores the data dir from
+    the snapshot, empties the uploader's staging directory and starts ``stagebox serve``,
+    so each run starts with nothing stored and nothing staged. The data dir keeps one path
+    because sshd's AuthorizedKeysCommand names it. Everything lives under ``root``, which
+    the staging account must be able to traverse.
+    """
+
+    root: Path
+    token: str = ""
+    sshd: StagingSshd = field(init=False)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def approved(self) -> Path:
+        return self.root / "data-approved"
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "client-config"
+
+    @property
+    def keys_home(self) -> Path:
+        return KEYS_COMMANDS / f"{self.root.name}-{os.getpid()}"
+
+    def client_env(self, state: Path) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STAGEBOX_")}
+        env.update(
+            STAGEBOX_CONFIG_DIR=str(self.config),
+            STAGEBOX_STATE_DIR=str(state),
+            STAGEBOX_TOKEN=self.token,
+        )
+        return env
+
+    def _run(self, argv: list[str], env: dict[str, str] | None = None) -> str:
+        out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        if out.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: exit {out.returncode}\n{out.stderr[-3000:]}")
+        return out.stdout
+
+    def admin(self, *args: str) -> str:
+        return self._run(stagebox_cmd("admin", "--data-dir", str(self.data), *args))
+
+    def start(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True)
+        for parent in [self.root, *self.root.parents]:
+            if parent.stat().st_mode & 0o001 == 0:
+                raise RuntimeError(f"{parent} is not traversable by the staging account")
+        staging_root(self.staging)
+        KEYS_COMMANDS.mkdir(mode=0o755, exist_ok=True)
+        shutil.rmtree(self.keys_home, ignore_errors=True)
+        command = keys_command(self.data, self.keys_home)
+        self.sshd = StagingSshd(self.root / "sshd", command=command)
+        self.sshd.start()
+        server = StageboxServer(self.data)
+        self.token = server.add_uploader(UPLOADER)
+        self.admin(
+            "box", "add", BOX, "--role", "staging", "--path", str(self.staging),
+            "--sftp-host", "127.0.0.1", "--sftp-port", str(self.sshd.port),
+            "--sftp-user", STAGING_USER,
+        )  # fmt: skip
+        server.start()
+        try:
+            env = self.client_env(self.root / "setup-state")
+            self._run(stagebox_cmd("register", "--server", server.url), env)
+            requests = json.loads(self.admin("requests", "list", "--json"))
+            rid = next(r["id"] for r in requests if r["uploader"] == UPLOADER)
+            self.admin("requests", "approve", str(rid), "--box", BOX)
+        finally:
+            server.stop()
+        shutil.copytree(self.data, self.approved, symlinks=True)
+        first = self.root / "first-contact"
+        first.mkdir()
+        (first / "hello.txt").write_text("first contact\n")
+        server = self.fresh_server()
+        try:
+            upload = stagebox_cmd(
+                "upload", str(first), "--server", server.url, "--dataset", "first-contact",
+                "--method", "sftp", "--accept-new-host-key", "--json",
+            )  # fmt: skip
+            report = json.loads(self._run(upload, env))
+        finally:
+            server.stop()
+        if report["totals"].get("verified") != 1:
+            raise RuntimeError(f"the first-contact upload did not verify: {report}")
+
+    def fresh_server(self) -> StageboxServer:
+        """``stagebox serve`` on the data dir as it was right after the approval."""
+        shutil.rmtree(self.data)
+        shutil.copytree(self.approved, self.data, symlinks=True)
+        for entry in self.staging.iterdir():  # the uploader's own directory, made at approval
+            if entry.is_dir() and not entry.is_symlink():
+                for child in entry.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+            else:
+                entry.unlink()
+        server = StageboxServer(self.data)
+        server.start()
+        return server
+
+    def sshd_logins(self) -> int:
+        """Logins of the staging account so far (sshd logs each accepted key)."""
+        try:
+            text = self.sshd.log_path.read_text(errors="replace")
+        except OSError:
+            return 0
+        return text.count(f"Accepted publickey for {STAGING_USER} ")
+
+    def stop(self) -> None:
+        with contextlib.suppress(AttributeError):
+            self.sshd.stop()
+        shutil.rmtree(self.keys_home, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            KEYS_COMMANDS.rmdir()  # only when no other run's command is left in it

@@ -1,10 +1,16 @@
-"""One measured run of one side: stagebox upload, scp, rsync, cp+sha256sum.
+"""One measured run of one side: stagebox upload (http or sftp), scp, sftp put, rsync,
+rclone, cp+sha256sum.
 
 Every run starts from fresh state and is checked after the clock stops: a stagebox run gets
 its own server data dir, server process and client journal (``STAGEBOX_STATE_DIR``), and
 its ``--json`` totals must say every file was verified; an scp/rsync run gets an empty
 destination whose contents are counted afterwards. Dirty pages are flushed (``sync``)
 before the clock starts so one run's write-back does not land in the next one's time.
+
+A stagebox sftp run gets a fresh server process on the case's data dir restored to the
+state right after the uploader's approval (``SftpStage.fresh_server``), an emptied staging
+directory and its own client journal; the registration, the approval and the first contact
+with the staging host (``--accept-new-host-key``) happened once for the case, untimed.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import Measurement, run_measured
-from benchmarks.servers import Sshd, StageboxServer
+from benchmarks.servers import SftpStage, Sshd, StageboxServer
 from benchmarks.workloads import count_files
 from stagebox.server.process import stagebox_cmd
 
@@ -43,6 +49,7 @@ class Profile:
     runs: int
     mem_warmups: int
     mem_runs: int
+    sftp_mem_runs: int
 
 
 @dataclass
@@ -102,6 +109,33 @@ def record(m: Measurement, **extra: Any) -> Record:
     }
 
 
+def _check_report(
+    what: str, m: Measurement, out: Path, err: Path, server_log: Path, files: int
+) -> dict[str, Any]:
+    """The ``--json`` totals of an upload; every file must be verified."""
+    try:
+        totals = json.loads(out.read_text())["totals"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise RunFailed(
+            f"{what} exit {m.exit_code}, no JSON report ({exc}):\n"
+            f"{_tail(err)}\n-- server log --\n{_tail(server_log)}"
+        ) from exc
+    expected = {"files": files, "verified": files, "skipped": 0, "failed": 0}
+    got = {k: totals.get(k) for k in expected}
+    if m.exit_code != 0 or got != expected:
+        failures = [
+            f"{f.get('path')}: {f.get('error')}"
+            for f in json.loads(out.read_text())["files"]
+            if f.get("state") == "failed"
+        ][:5]
+        raise RunFailed(
+            f"{what} exit {m.exit_code}, totals {totals}, expected {expected}"
+            f"\nfirst failures: {failures}\n{_tail(err)}\n-- server log --\n"
+            f"{_tail(server_log)}"
+        )
+    return dict(totals)
+
+
 def stagebox_upload(b: Bench, src: Path, files: int, nbytes: int, label: str) -> Record:
     """``stagebox upload SRC --dataset`` to a fresh server; every file must be verified."""
     run_dir = b.fresh_dir(label)
@@ -130,26 +164,7 @@ def stagebox_upload(b: Bench, src: Path, files: int, nbytes: int, label: str) ->
         m = run_measured(cmd, stdout=out, stderr=err, env=env, server=server.process)
     finally:
         server.stop()
-    try:
-        totals = json.loads(out.read_text())["totals"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise RunFailed(
-            f"stagebox upload ({label}) exit {m.exit_code}, no JSON report ({exc}):\n"
-            f"{_tail(err)}\n-- server log --\n{_tail(server.log_path)}"
-        ) from exc
-    expected = {"files": files, "verified": files, "skipped": 0, "failed": 0}
-    got = {k: totals.get(k) for k in expected}
-    if m.exit_code != 0 or got != expected:
-        failures = [
-            f"{f.get('path')}: {f.get('error')}"
-            for f in json.loads(out.read_text())["files"]
-            if f.get("state") == "failed"
-        ][:5]
-        raise RunFailed(
-            f"stagebox upload ({label}) exit {m.exit_code}, totals {totals}, expected {expected}"
-            f"\nfirst failures: {failures}\n{_tail(err)}\n-- server log --\n"
-            f"{_tail(server.log_path)}"
-        )
+    totals = _check_report(f"stagebox upload ({label})", m, out, err, server.log_path, files)
     shutil.rmtree(run_dir)
     return record(
         m,
@@ -161,13 +176,14 @@ def stagebox_upload(b: Bench, src: Path, files: int, nbytes: int, label: str) ->
 
 
 def _to_sshd(
-    b: Bench, label: str, command: Callable[[Sshd, Path], list[str]]
+    b: Bench, label: str, command: Callable[[Sshd, Path], list[str]], sshd: Sshd | None = None
 ) -> tuple[Measurement, Path, Path, Path]:
-    """Run an ssh peer tool into an empty folder on the local sshd, measured.
+    """Run an ssh peer tool into an empty folder on ``sshd`` (default: the local sshd),
+    measured.
 
     Returns the measurement, the destination, the run dir and the stderr file.
     """
-    sshd = b.need_sshd()
+    sshd = sshd or b.need_sshd()
     run_dir = b.fresh_dir(label)
     dest = run_dir / "dest"
     dest.mkdir()
@@ -183,14 +199,15 @@ def _to_sshd(
     return m, dest, run_dir, err
 
 
-def scp_copy(b: Bench, path: Path, label: str) -> Record:
-    """``scp`` one file into an empty folder on the local sshd."""
+def scp_copy(b: Bench, path: Path, label: str, sshd: Sshd | None = None) -> Record:
+    """``scp`` one file into an empty folder on ``sshd`` (default: the local sshd)."""
     m, dest, run_dir, err = _to_sshd(
         b,
         label,
         lambda sshd, dest: [
             "scp", "-q", "-P", str(sshd.port), *sshd.ssh_options(), str(path), sshd.remote(dest)
         ],
+        sshd,
     )  # fmt: skip
     got = dest / path.name
     size = path.stat().st_size
@@ -200,19 +217,163 @@ def scp_copy(b: Bench, path: Path, label: str) -> Record:
     return record(m, files=1, bytes=size)
 
 
-def rsync_tree(b: Bench, src: Path, files: int, nbytes: int, label: str) -> Record:
-    """``rsync -a -e ssh`` of a tree into an empty folder on the local sshd."""
+def rsync_tree(
+    b: Bench, src: Path, files: int, nbytes: int, label: str, sshd: Sshd | None = None
+) -> Record:
+    """``rsync -a -e ssh`` of a tree into an empty folder on ``sshd`` (default: the local
+    sshd)."""
     m, dest, run_dir, err = _to_sshd(
         b,
         label,
         lambda sshd, dest: [
             "rsync", "-a", "-e", sshd.ssh_command(), f"{src}/", sshd.remote(dest) + "/"
         ],
+        sshd,
     )  # fmt: skip
     got = count_files(dest)
     if m.exit_code != 0 or got != (files, nbytes):
         raise RunFailed(
             f"rsync ({label}) exit {m.exit_code}, got (files, bytes) {got}, "
+            f"expected {(files, nbytes)}:\n{_tail(err)}"
+        )
+    shutil.rmtree(run_dir)
+    return record(m, files=files, bytes=nbytes)
+
+
+# -- sftp cases: stagebox over sftp and its peers, all against the staging sshd -----------
+
+
+def stagebox_sftp_upload(
+    b: Bench, stage: SftpStage, src: Path, files: int, nbytes: int, label: str
+) -> Record:
+    """``stagebox upload SRC --dataset --method sftp``; every file must be verified.
+
+    Server CPU is ``stagebox serve`` plus the staging sshd (its sftp sessions and the
+    AuthorizedKeysCommand it runs at each login), server peak RSS the sum of their peaks;
+    ``serve_*`` and ``sshd_*`` hold each part.
+    """
+    run_dir = b.fresh_dir(label)
+    server = stage.fresh_server()
+    logins0 = stage.sshd_logins()
+    try:
+        state = run_dir / "client-state"
+        state.mkdir()
+        cmd = stagebox_cmd(
+            "upload",
+            str(src),
+            "--server",
+            server.url,
+            "--dataset",
+            f"bench-{label}",
+            "--method",
+            "sftp",
+            "--json",
+        )
+        os.sync()
+        out, err = run_dir / "client.json", run_dir / "client.err"
+        m = run_measured(
+            cmd,
+            stdout=out,
+            stderr=err,
+            env=stage.client_env(state),
+            server=server.process,
+            also={"sshd": stage.sshd.process},
+            drain_server_children=True,
+        )
+    finally:
+        server.stop()
+    what = f"stagebox upload --method sftp ({label})"
+    totals = _check_report(what, m, out, err, server.log_path, files)
+    left, _ = count_files(stage.staging)
+    shutil.rmtree(run_dir)
+    serve_cpu, sshd_cpu = m.server_cpu_s or 0.0, m.also_cpu_s["sshd"]
+    serve_rss, sshd_rss = m.server_peak_rss or 0, m.also_peak_rss["sshd"]
+    return record(
+        m,
+        files=files,
+        bytes=nbytes,
+        bytes_sent=totals.get("bytes_sent"),
+        client_reported_s=totals.get("seconds"),
+        server_cpu_s=serve_cpu + sshd_cpu,
+        cpu_s=m.client_cpu_s + serve_cpu + sshd_cpu,
+        server_peak_rss=serve_rss + sshd_rss,
+        serve_cpu_s=serve_cpu,
+        serve_peak_rss=serve_rss,
+        sshd_cpu_s=sshd_cpu,
+        sshd_peak_rss=sshd_rss,
+        sshd_logins=stage.sshd_logins() - logins0,
+        staged_files_left=left,
+    )
+
+
+def on_staging_sshd(rec: Record) -> Record:
+    """A peer's server is the staging sshd: say so in the ``sshd_*`` fields too."""
+    return {**rec, "sshd_cpu_s": rec["server_cpu_s"], "sshd_peak_rss": rec["server_peak_rss"]}
+
+
+def sftp_put(b: Bench, path: Path, label: str, sshd: Sshd) -> Record:
+    """OpenSSH ``sftp`` batch ``put`` of one file into an empty folder on ``sshd``."""
+
+    def command(sshd: Sshd, dest: Path) -> list[str]:
+        batch = dest.parent / "batch"
+        batch.write_text(f'put "{path}" "{dest / path.name}"\n')
+        return [
+            "sftp", "-q", "-b", str(batch), "-P", str(sshd.port), *sshd.ssh_options(),
+            f"{sshd.user}@127.0.0.1",
+        ]  # fmt: skip
+
+    m, dest, run_dir, err = _to_sshd(b, label, command, sshd)
+    got = dest / path.name
+    size = path.stat().st_size
+    if m.exit_code != 0 or not got.exists() or got.stat().st_size != size:
+        raise RunFailed(
+            f"sftp put ({label}) exit {m.exit_code}, {got} not {size} bytes:\n{_tail(err)}"
+        )
+    shutil.rmtree(run_dir)
+    return record(m, files=1, bytes=size)
+
+
+def scp_tree(b: Bench, src: Path, files: int, nbytes: int, label: str, sshd: Sshd) -> Record:
+    """``scp -r`` of a tree into an empty folder on ``sshd``."""
+    m, dest, run_dir, err = _to_sshd(
+        b,
+        label,
+        lambda sshd, dest: [
+            "scp", "-q", "-r", "-P", str(sshd.port), *sshd.ssh_options(), str(src),
+            sshd.remote(dest),
+        ],
+        sshd,
+    )  # fmt: skip
+    got = count_files(dest)
+    if m.exit_code != 0 or got != (files, nbytes):
+        raise RunFailed(
+            f"scp -r ({label}) exit {m.exit_code}, got (files, bytes) {got}, "
+            f"expected {(files, nbytes)}:\n{_tail(err)}"
+        )
+    shutil.rmtree(run_dir)
+    return record(m, files=files, bytes=nbytes)
+
+
+def rclone_copy(
+    b: Bench, src: Path, files: int, nbytes: int, label: str, sshd: Sshd
+) -> Record:
+    """``rclone copy SRC :sftp:DEST`` (an on-the-fly sftp remote, rclone's defaults: it
+    checks each upload's md5 by running ``md5sum`` over ssh) into an empty folder."""
+
+    def command(sshd: Sshd, dest: Path) -> list[str]:
+        config = dest.parent / "rclone.conf"
+        config.touch()
+        return [
+            "rclone", "copy", "--config", str(config), "--sftp-host", "127.0.0.1",
+            "--sftp-port", str(sshd.port), "--sftp-user", sshd.user,
+            "--sftp-key-file", str(sshd.key), f"{src}/", f":sftp:{dest}/",
+        ]  # fmt: skip
+
+    m, dest, run_dir, err = _to_sshd(b, label, command, sshd)
+    got = count_files(dest)
+    if m.exit_code != 0 or got != (files, nbytes):
+        raise RunFailed(
+            f"rclone copy ({label}) exit {m.exit_code}, got (files, bytes) {got}, "
             f"expected {(files, nbytes)}:\n{_tail(err)}"
         )
     shutil.rmtree(run_dir)

@@ -200,3 +200,32 @@ def test_box_rules(ctx, options, field) -> None:
     with ctx.catalog.session() as s, pytest.raises(InvalidInput) as info:
         boxes.add_box(s, "b", **options)
     assert info.value.field == field
+
+
+def test_sshd_fast_path_gives_the_same_lines(ctx, approved, capsys) -> None:
+    from stagebox.authorized_keys import fast_path
+
+    with ctx.catalog.session() as s:
+        expected = registrations.authorized_keys(s, user="stagebox-sftp")
+    data_dir = str(ctx.settings.data_dir)
+    assert fast_path(["admin", "--data-dir", data_dir, "authorized-keys", "stagebox-sftp"])
+    assert capsys.readouterr().out.splitlines() == expected
+    assert fast_path(["admin", f"--data-dir={data_dir}", "authorized-keys", "nobody"])
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["admin", "authorized-keys", "u"],  # no data dir: the full CLI decides
+        ["admin", "--data-dir", "/nonexistent", "authorized-keys", "u"],
+        ["admin", "--data-dir", "/x", "authorized-keys", "--help"],
+        ["upload", "src"],
+        [],
+    ],
+)
+def test_sshd_fast_path_leaves_everything_else_to_the_cli(argv, monkeypatch) -> None:
+    from stagebox.authorized_keys import fast_path
+
+    monkeypatch.delenv("STAGEBOX_DATA_DIR", raising=False)
+    assert not fast_path(argv)

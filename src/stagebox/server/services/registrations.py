@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
+from stagebox.authorized_keys import line
 from stagebox.errors import Conflict, Forbidden, InvalidInput, NotFound
 from stagebox.server.db.models import (
     BoxRole,
@@ -200,10 +201,14 @@ def authorized_keys(
             continue
         if user is not None and target.attributes.get("sftp_user") != user:
             continue
-        start = f"{target.attributes['sftp_root']}/{request.uploader.uuid}"
         lines.append(
-            f'restrict,command="internal-sftp -d {start}" {request.public_key} '
-            f"stagebox:{request.uploader.name}:{request.id}"
+            line(
+                target.attributes["sftp_root"],
+                request.uploader.uuid,
+                request.public_key,
+                request.uploader.name,
+                request.id,
+            )
         )
     return lines
 
