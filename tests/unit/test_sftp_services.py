@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import asyncssh
 import pytest
@@ -229,3 +230,74 @@ def test_sshd_fast_path_leaves_everything_else_to_the_cli(argv, monkeypatch) -> 
 
     monkeypatch.delenv("STAGEBOX_DATA_DIR", raising=False)
     assert not fast_path(argv)
+
+
+@pytest.fixture
+def split_ctx(tmp_path):
+    """The store on another filesystem (tmpfs) than staging: promotion must copy."""
+    import shutil
+    import tempfile
+
+    from stagebox.config import Settings
+    from stagebox.server.runtime import build_context
+    from tests.unit.conftest import InlineRunner
+
+    store = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="stagebox-store-"))
+    assert store.stat().st_dev != tmp_path.stat().st_dev
+    ctx = build_context(Settings(data_dir=tmp_path / "data", store_dir=store))
+    runner = InlineRunner()
+    runner.tasks = dict(ctx.runner._tasks)
+    ctx.runner.shutdown()
+    ctx.runner = runner
+    with ctx.catalog.session() as s:
+        uploader, _ = uploaders.add_uploader(s, "bob")
+        boxes.add_box(
+            s,
+            "stage",
+            role="staging",
+            path=str(tmp_path / "stage"),
+            sftp_host="127.0.0.1",
+            sftp_user="stagebox-sftp",
+        )
+        request = registrations.file_request(s, uploader, public_key())
+        registrations.approve(s, request.id, "stage")
+    yield ctx, uploader
+    ctx.catalog.dispose()
+    shutil.rmtree(store, ignore_errors=True)
+
+
+def test_across_filesystems_the_copy_is_the_only_read(split_ctx, monkeypatch) -> None:
+    ctx, bob = split_ctx
+
+    def no_second_read(*args, **kwargs):
+        raise AssertionError("the staged file was read twice")
+
+    monkeypatch.setattr(verify, "rehash_staged", no_second_read)
+    data = os.urandom(3 << 20)
+    answer = _register_sftp(ctx, bob, len(data))
+    with open(answer.sftp_path, "wb") as f:
+        f.write(data)
+    datafiles.complete(ctx, bob, answer.id, hashlib.sha256(data).hexdigest(), None)
+    ctx.runner.run_all()
+    with ctx.catalog.session() as s:
+        replica = s.query(Replica).one()
+        assert replica.state == S.stored, replica.error
+        stored = ctx.store.path(replica.key)
+    assert stored.read_bytes() == data
+    assert not os.path.exists(answer.sftp_path)
+
+
+def test_across_filesystems_a_mismatch_keeps_nothing_in_the_store(split_ctx) -> None:
+    ctx, bob = split_ctx
+    data = os.urandom(100_000)
+    answer = _register_sftp(ctx, bob, len(data))
+    with open(answer.sftp_path, "wb") as f:
+        f.write(data)
+    datafiles.complete(ctx, bob, answer.id, "0" * 64, None)
+    ctx.runner.run_all()
+    with ctx.catalog.session() as s:
+        replica = s.query(Replica).one()
+        assert replica.state == S.failed
+        assert replica.error.startswith("sha256 mismatch")
+    assert [p for p in ctx.store.root.rglob("*") if p.is_file()] == []
+    assert os.path.exists(answer.sftp_path)  # kept until a retry

@@ -109,6 +109,10 @@ class StorageBackend(abc.ABC):
         """A block of many small operations; backends may reuse handles inside it."""
         yield
 
+    def can_rename_to(self, dest: StorageBackend) -> bool:
+        """Whether :meth:`promote` into ``dest`` moves bytes without reading them."""
+        return False
+
     def identity(self, key: str) -> str | None:
         """A token that changes when the object at ``key`` is replaced or rewritten
         (None when the backend cannot tell, or nothing is there)."""

@@ -352,6 +352,9 @@ class LocalBackend(StorageBackend):
             raise StorageError(f"{self.name}: {key} is not a regular file")
         return st.st_size
 
+    def can_rename_to(self, dest: StorageBackend) -> bool:
+        return isinstance(dest, LocalBackend) and self.root.stat().st_dev == dest.root.stat().st_dev
+
     def identity(self, key: str) -> str | None:
         """Device, inode, size and mtime of the file itself (never a link's target)."""
         dirs, name = self._split(key)

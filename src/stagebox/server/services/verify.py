@@ -198,11 +198,71 @@ def verify_task(ctx: ServerContext, replica_id: int, size_only: bool = False) ->
         replica = _load(session, replica_id)
         if replica is None:
             return
+        fuse = False
         if stage_if_whole(ctx, session, replica):
-            verify_staged(ctx, session, replica, size_only=size_only)
+            fuse = _must_copy_unhashed(ctx, replica, size_only)
+            if not fuse:
+                verify_staged(ctx, session, replica, size_only=size_only)
         verified = replica.state == S.verified
-    if verified:
+    if fuse:
+        verify_by_copy(ctx, replica_id, size_only)
+    elif verified:
         promote_task(ctx, replica_id)
+
+
+def _must_copy_unhashed(ctx: ServerContext, replica: Replica, size_only: bool) -> bool:
+    """Bytes the server has not hashed yet that promotion will have to copy: read
+    them once, hashing while copying, instead of once to verify and once to copy."""
+    ready = replica.declared_sha256 is not None or size_only or not replica.awaits_complete
+    return (
+        replica.state == S.staged
+        and replica.staged_sha256 is None
+        and ready
+        and not ctx.backend(replica.box_id).can_rename_to(ctx.store)
+    )
+
+
+def verify_by_copy(ctx: ServerContext, replica_id: int, size_only: bool = False) -> None:
+    """Copy a staged file into the store while hashing it, then verify that hash.
+
+    The copy is what gets verified, so what is stored is what was checked. A
+    mismatch deletes the copy and fails the replica (its staged bytes stay); a
+    staged file that changed during the copy is refused the same way.
+    """
+    with ctx.catalog.session() as session:
+        replica = _load(session, replica_id)
+        if replica is None or replica.state != S.staged:
+            return
+        src, key, dest_key = ctx.backend(replica.box_id), replica.key, store_key(replica.datafile)
+        size = replica.datafile.size
+    store = ctx.store
+    try:
+        before = src.identity(key)
+        result = src.promote(key, store, dest_key, ctx.settings.algorithms)
+        if src.identity(key) != before:
+            raise ChangedDuringUpload("the staged file changed while the server copied it")
+        copied = store.size(dest_key)
+    except StageboxError as exc:
+        store.delete(dest_key)
+        _fail(ctx, replica_id, f"staged file refused: {exc}")
+        return
+    with ctx.catalog.session() as session:
+        replica = _load(session, replica_id)
+        if replica is None or replica.state != S.staged:
+            store.delete(dest_key)
+            return
+        replica.staged_sha256 = result.digests["sha256"]
+        replica.staged_md5 = result.digests.get("md5")
+        replica.bytes_staged = copied if copied is not None else 0
+        verify_staged(ctx, session, replica, size_only=size_only)
+        verified = replica.state == S.verified
+        if replica.bytes_staged != size:
+            replica.bytes_staged = min(replica.bytes_staged, size)
+    if not verified:
+        store.delete(dest_key)
+        return
+    record_stored(ctx, [(replica_id, dest_key)])
+    src.delete(key)
 
 
 def promote_task(ctx: ServerContext, replica_id: int) -> None:
@@ -378,7 +438,4 @@ def arrival_task(ctx: ServerContext, replica_id: int) -> None:
                     ),
                 )
             return
-        verify_staged(ctx, session, replica, size_only=True)
-        verified = replica.state == S.verified
-    if verified:
-        promote_task(ctx, replica_id)
+    verify_task(ctx, replica_id, size_only=True)
