@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian packages the tests and benchmarks talk to; installed only when missing.
-SYSTEM_PACKAGES := openssh-server openssh-client rsync curl
+SYSTEM_PACKAGES := openssh-server openssh-client rsync curl passwd
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

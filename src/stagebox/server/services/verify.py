@@ -82,7 +82,9 @@ def stage_arrived(ctx: ServerContext, session: Session, replica: Replica) -> boo
     final = backend.size(replica.key)
     if final != size:
         seen = final if final is not None else backend.size(part_key(replica.key)) or 0
-        seen = min(seen, size)
+        # Not staged is never shown as full-size (a partial may hold every byte
+        # before its rename, a wrong-size file may hold more).
+        seen = max(min(seen, size - 1), 0)
         if seen != replica.bytes_staged:
             if replica.state == S.registered and seen:
                 transition(session, replica, S.uploading, bytes_staged=seen)
