@@ -7,7 +7,10 @@
   process (sshd reaps its per-connection sessions, so their CPU lands in its children
   times; we wait for those sessions to end before reading it). ``also`` names more
   long-lived processes measured the same way, each on its own (the sftp cases: the
-  staging sshd beside ``stagebox serve``).
+  staging sshd beside ``stagebox serve``). A server whose sessions can outlive their
+  reaping parent (sshd's privilege-separation monitor may exit before it reaps the
+  session child, which then goes to init with its CPU time) can instead be given a
+  ``CpuGroup``: a cgroup v2 holding it and every descendant, read from ``cpu.stat``.
 - peak RSS: every 50 ms psutil samples each process tree; the peak is the larger of the
   highest summed RSS of the tree and the largest kernel high-water mark (``VmHWM``, exact
   per process since its exec) seen in it. Both are lower bounds of the true tree peak; for
@@ -32,6 +35,58 @@ import psutil
 
 POLL_SECONDS = 0.05
 MiB = 1 << 20
+
+
+class CpuGroup:
+    """A cgroup v2 of its own for a long-lived server: its ``usage_usec`` counts every
+    descendant however it ends. ``create`` answers None where cgroup v2 is not writable."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, name: str) -> CpuGroup | None:
+        try:
+            with open("/proc/self/mounts") as f:
+                mounts = [line.split()[1] for line in f if line.split()[2:3] == ["cgroup2"]]
+        except OSError:
+            return None
+        for mount in mounts:
+            path = Path(mount) / f"{name}-{os.getpid()}"
+            try:
+                path.mkdir(exist_ok=True)
+                if (path / "cpu.stat").exists():
+                    return cls(path)
+                path.rmdir()
+            except OSError:
+                continue
+        return None
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(f"{pid}\n")
+
+    def pids(self) -> set[int]:
+        try:
+            return {int(x) for x in (self.path / "cgroup.procs").read_text().split()}
+        except (OSError, ValueError):
+            return set()
+
+    def cpu_seconds(self) -> float:
+        for line in (self.path / "cpu.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) / 1e6
+        raise OSError(f"no usage_usec in {self.path}/cpu.stat")
+
+    def wait_for_only(self, keep: int, timeout: float) -> None:
+        """Wait until ``keep`` (the listener) is the only process left in the group."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pids() - {keep}:
+            time.sleep(0.02)
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):  # still populated: left for the next start
+            self.path.rmdir()
 
 
 def tree_rss(proc: psutil.Process) -> tuple[int, int]:
@@ -129,13 +184,22 @@ def run_measured(
     server: psutil.Process | None = None,
     drain_server_children: bool = False,
     also: Mapping[str, psutil.Process] | None = None,
+    groups: Mapping[str, CpuGroup] | None = None,
     timeout: float = 1800.0,
 ) -> Measurement:
     """Run ``cmd`` to completion while sampling it, ``server`` and ``also``; never raises on
-    exit code. ``drain_server_children`` waits for the sessions of ``server`` and ``also``."""
+    exit code. ``drain_server_children`` waits for the sessions of ``server`` and ``also``.
+    ``groups`` ("server" or a name in ``also``): read that one's CPU from its cgroup."""
     also = dict(also or {})
-    server_cpu0 = cpu_seconds(server) if server is not None else 0.0
-    also_cpu0 = {name: cpu_seconds(p) for name, p in also.items()}
+    groups = dict(groups or {})
+    procs = {**({"server": server} if server is not None else {}), **also}
+
+    def cpu(name: str) -> float:
+        group = groups.get(name)
+        return group.cpu_seconds() if group is not None else cpu_seconds(procs[name])
+
+    server_cpu0 = cpu("server") if server is not None else 0.0
+    also_cpu0 = {name: cpu(name) for name in also}
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -167,13 +231,15 @@ def run_measured(
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
     if drain_server_children:
-        for p in [*([server] if server is not None else []), *also.values()]:
+        for name, p in procs.items():
             wait_for_no_children(p, timeout=10.0)
+            if name in groups:
+                groups[name].wait_for_only(p.pid, timeout=10.0)
     poller.sample()
     poller.stop()
     server_cpu = server_peak = None
     if server is not None:
-        server_cpu = cpu_seconds(server) - server_cpu0
+        server_cpu = cpu("server") - server_cpu0
         server_peak = poller.peaks["server"]
     return Measurement(
         wall_s=wall,
@@ -183,6 +249,6 @@ def run_measured(
         server_cpu_s=server_cpu,
         server_peak_rss=server_peak,
         samples=poller.samples,
-        also_cpu_s={name: cpu_seconds(p) - also_cpu0[name] for name, p in also.items()},
+        also_cpu_s={name: cpu(name) - also_cpu0[name] for name in also},
         also_peak_rss={name: poller.peaks[name] for name in also},
     )

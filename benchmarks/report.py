@@ -17,9 +17,13 @@ METRICS: list[tuple[str, str, float]] = [  # record field, label, divisor
     ("throughput", "throughput", 1.0),
     ("client_cpu_s", "CPU s, client", 1.0),
     ("server_cpu_s", "CPU s, server", 1.0),
+    ("serve_cpu_s", "CPU s, stagebox serve", 1.0),  # sftp cases: the parts of "server"
+    ("sshd_cpu_s", "CPU s, sshd", 1.0),
     ("cpu_s", "CPU s, total", 1.0),
     ("client_peak_rss", "peak RSS MiB, client", MiB),
     ("server_peak_rss", "peak RSS MiB, server", MiB),
+    ("serve_peak_rss", "peak RSS MiB, stagebox serve", MiB),
+    ("sshd_peak_rss", "peak RSS MiB, sshd", MiB),
 ]
 
 
@@ -33,12 +37,13 @@ def counted(result: CaseResult, side: str) -> list[Record]:
     return [r for r in result.runs if r["side"] == side and not r["warmup"]]
 
 
-def pair_ratios(result: CaseResult) -> list[float]:
-    """stagebox/peer of ``ratio_of`` for each counted round that has both sides."""
+def pair_ratios(result: CaseResult, peer: str | None = None) -> list[float]:
+    """stagebox/peer of ``ratio_of`` for each counted round that has both sides; the peer
+    is the second side unless named (targets always use the second side)."""
     if result.ratio_of is None or len(result.sides) < 2:
         return []
     ours = {r["index"]: r for r in counted(result, result.sides[0])}
-    theirs = {r["index"]: r for r in counted(result, result.sides[1])}
+    theirs = {r["index"]: r for r in counted(result, peer or result.sides[1])}
     f = result.ratio_of
     return [ours[i][f] / theirs[i][f] for i in sorted(ours.keys() & theirs.keys())]
 
@@ -76,7 +81,18 @@ def summary(result: CaseResult) -> dict[str, Any]:
     for t in result.targets:
         value, outcome = verdict(result, t)
         targets.append({**asdict(t), "value": value, "result": outcome})
-    return {"sides": sides, "pair_ratios": ratios, "ratio": stats(ratios), "targets": targets}
+    others = {
+        peer: {"pair_ratios": r, "ratio": stats(r)}
+        for peer in result.sides[2:]
+        if (r := pair_ratios(result, peer))
+    }
+    return {
+        "sides": sides,
+        "pair_ratios": ratios,
+        "ratio": stats(ratios),
+        "other_ratios": others,
+        "targets": targets,
+    }
 
 
 def _fmt(v: float | None) -> str:
@@ -106,12 +122,18 @@ def case_markdown(result: CaseResult) -> list[str]:
                 f"| {name} | {side} | {_fmt(st['median'])} | {_fmt(st['min'])} | "
                 f"{_fmt(st['max'])} | {n} |"
             )
+    what = "throughput" if result.ratio_of == "throughput" else "time"
     if s["ratio"]:
-        what = "throughput" if result.ratio_of == "throughput" else "time"
         r = s["ratio"]
         out.append(
             f"| **{result.sides[0]}/{result.sides[1]} {what}, per pair** | pairs | "
             f"**{r['median']:.2f}** | {r['min']:.2f} | {r['max']:.2f} | {len(s['pair_ratios'])} |"
+        )
+    for peer, other in s["other_ratios"].items():
+        r = other["ratio"]
+        out.append(
+            f"| {result.sides[0]}/{peer} {what}, per pair | pairs | {r['median']:.2f} | "
+            f"{r['min']:.2f} | {r['max']:.2f} | {len(other['pair_ratios'])} |"
         )
     out.append("")
     if s["pair_ratios"]:

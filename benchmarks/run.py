@@ -1,4 +1,8 @@
-"""``python -m benchmarks.run --quick|--full``: run the cases, write benchmarks/results/latest.*"""
+"""``python -m benchmarks.run --quick|--full``: run the cases, write benchmarks/results/latest.*
+
+``--only CASE`` (repeatable) runs some cases; such a partial run writes its latest.* under
+benchmarks/work/partial unless ``--results DIR`` says where.
+"""
 
 from __future__ import annotations
 
@@ -28,10 +32,11 @@ from benchmarks.workloads import GiB, MiB
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
 RESULTS = HERE / "results"
+PARTIAL = WORK / "partial"
 
 PROFILES = {
-    "quick": Profile("quick", 256 * MiB, 2_000, 20, 4096, 1 * GiB, 1, 3, 0, 1),
-    "full": Profile("full", 1 * GiB, 10_000, 20, 4096, 4 * GiB, 1, 3, 0, 2),
+    "quick": Profile("quick", 256 * MiB, 2_000, 20, 4096, 1 * GiB, 1, 3, 0, 1, sftp_mem_runs=1),
+    "full": Profile("full", 1 * GiB, 10_000, 20, 4096, 4 * GiB, 1, 3, 0, 2, sftp_mem_runs=3),
 }
 
 METHOD = [
@@ -56,6 +61,24 @@ METHOD = [
     "stagebox server runs with its defaults (durable=true: fsync before stored; O_DIRECT "
     "for large uploads; sha256 on both sides). scp/rsync do not fsync and do not verify "
     "end to end beyond the ssh MAC.",
+    "sftp cases: one staging sshd per case, set up as tests/sshd.py does (staging account "
+    "with ForceCommand internal-sftp -u 0007, keys from stagebox's AuthorizedKeysCommand, "
+    "Subsystem sftp internal-sftp), where root also logs in with a generated key for the "
+    "peers (sftp put, scp, rsync, rclone), which write into an emptied folder. Registration, "
+    "approval and the first contact (--accept-new-host-key) happen once per case, untimed; "
+    "each stagebox run then restores the server's data dir to the state right after the "
+    "approval, empties the uploader's staging directory, starts a fresh server and uses a "
+    "fresh client journal and dataset name. The timed region ends when the client exits, "
+    "having seen every file verified (the server re-reads and hashes what was staged).",
+    "sftp cases, stagebox side: server CPU = stagebox serve + the staging sshd (its sessions "
+    "and the AuthorizedKeysCommand it runs at each login); server peak RSS = the sum of the "
+    "two peaks; the `stagebox serve` and `sshd` rows show each part. Peers: server = sshd. "
+    "The staging sshd's CPU is read from a cgroup v2 holding the listener and everything it "
+    "forks (sshd's privilege-separation monitor can exit before it reaps the session "
+    "process, whose CPU would then go to init); without a writable cgroup v2 it falls back "
+    "to the listener's children times. "
+    "stagebox's asyncssh client prefers aes128-gcm@openssh.com; OpenSSH's tools use their "
+    "default (see the negotiated cipher above). scp is OpenSSH 9's (SFTP protocol).",
 ]
 
 
@@ -105,6 +128,7 @@ def versions(sshd: Sshd | None) -> dict[str, str]:
         "curl": _first_line(["curl", "--version"]),
         "rclone": _first_line(["rclone", "version"]),
         "psutil": psutil.__version__,
+        "asyncssh": version("asyncssh"),
     }
     if sshd is not None:
         found["ssh cipher (negotiated)"] = negotiated_cipher(sshd)
@@ -130,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_true", help="real sizes, under 20 minutes")
     mode.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--only", action="append", metavar="CASE", help="run only CASE")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        metavar="DIR",
+        help=f"write latest.* here (default {RESULTS}, or {PARTIAL} with --only)",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for case in CASES:
@@ -178,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         meta["method"] = METHOD
         meta["duration_s"] = time.monotonic() - started
         meta["command"] = " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])])
-        path = report.write(RESULTS, meta, results)
+        out = args.results or (PARTIAL if args.only else RESULTS)
+        path = report.write(out, meta, results)
         print(f"wrote {path} and {path.with_suffix('.json')} in {meta['duration_s']:.0f} s")
     return 1 if any(r.status == "failed" for r in results) else 0
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-
-from stagebox.server.process import ServerProcess, free_port, stagebox_cmd
 from tests.sshd import STAGING_USER, StagingHost, keys_command, staging_root
+
+from benchmarks.measure import CpuGroup
+from stagebox.server.process import ServerProcess, free_port, stagebox_cmd
 
 SSHD = Path("/usr/sbin/sshd")
 
@@ -84,6 +85,9 @@ class Sshd:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     user: str = field(default_factory=getpass.getuser)
+    # StagingSshd: sshd's session children can outlive the monitor that should reap them
+    # (their CPU then goes to init), so the listener and all it forks share a cgroup.
+    cpu_group: CpuGroup | None = None
 
     @property
     def key(self) -> Path:
@@ -177,11 +181,6 @@ class StagingSshd(Sshd):
     def log_path(self) -> Path:
         return self.root / "host" / "sshd.log"
 
-    @property
-    def host_public_key(self) -> Path:
-        assert self.host is not None
-        return self.host.host_key.with_suffix(".pub")
-
     def start(self, timeout: float = 20.0) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
@@ -194,14 +193,19 @@ class StagingSshd(Sshd):
             port=self.port,
             root_keys_file=self.root / "authorized_keys",
         )
+        self.cpu_group = CpuGroup.create("stagebox-bench-sshd")
         self.host.start(timeout)
         self.proc = self.host.proc
+        if self.cpu_group is not None and self.proc is not None:
+            self.cpu_group.add(self.proc.pid)  # before the first connection is forked
         self.wait_for_login(timeout)
 
     def stop(self) -> None:
         super().stop()
         if self.host is not None:
             self.host.proc = None
+        if self.cpu_group is not None:
+            self.cpu_group.remove()
 
 
 BOX = "sftp-staging"
@@ -279,7 +283,7 @@ class SftpStage:
         self.sshd = StagingSshd(self.root / "sshd", command=command)
         self.sshd.start()
         server = StageboxServer(self.data)
-        self.token = server.add_uploader(UPLOADER)
+        self.token = self.admin("uploader", "add", UPLOADER).strip()
         self.admin(
             "box", "add", BOX, "--role", "staging", "--path", str(self.staging),
             "--sftp-host", "127.0.0.1", "--sftp-port", str(self.sshd.port),
@@ -336,8 +340,11 @@ class SftpStage:
         return text.count(f"Accepted publickey for {STAGING_USER} ")
 
     def stop(self) -> None:
+        """Stop sshd, drop the wrapper, and free the disk (the logs stay beside)."""
         with contextlib.suppress(AttributeError):
             self.sshd.stop()
         shutil.rmtree(self.keys_home, ignore_errors=True)
+        for heavy in (self.data, self.approved, self.staging):
+            shutil.rmtree(heavy, ignore_errors=True)
         with contextlib.suppress(OSError):
             KEYS_COMMANDS.rmdir()  # only when no other run's command is left in it

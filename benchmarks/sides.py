@@ -195,6 +195,7 @@ def _to_sshd(
         stderr=err,
         server=sshd.process,
         drain_server_children=True,
+        groups={"server": sshd.cpu_group} if sshd.cpu_group else None,
     )
     return m, dest, run_dir, err
 
@@ -279,6 +280,7 @@ def stagebox_sftp_upload(
             server=server.process,
             also={"sshd": stage.sshd.process},
             drain_server_children=True,
+            groups={"sshd": stage.sshd.cpu_group} if stage.sshd.cpu_group else None,
         )
     finally:
         server.stop()
@@ -354,9 +356,7 @@ def scp_tree(b: Bench, src: Path, files: int, nbytes: int, label: str, sshd: Ssh
     return record(m, files=files, bytes=nbytes)
 
 
-def rclone_copy(
-    b: Bench, src: Path, files: int, nbytes: int, label: str, sshd: Sshd
-) -> Record:
+def rclone_copy(b: Bench, src: Path, files: int, nbytes: int, label: str, sshd: Sshd) -> Record:
     """``rclone copy SRC :sftp:DEST`` (an on-the-fly sftp remote, rclone's defaults: it
     checks each upload's md5 by running ``md5sum`` over ssh) into an empty folder."""
 
