@@ -10,6 +10,7 @@ changed key is a hard error that names both fingerprints.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import stat
@@ -146,7 +147,7 @@ async def connect(target: SshTarget, options: SshOptions) -> asyncssh.SSHClientC
     check_private_key(options.key)
     trusted = await trusted_keys(target, options)
     try:
-        return await asyncio.wait_for(
+        conn = await asyncio.wait_for(
             asyncssh.connect(
                 target.host,
                 target.port,
@@ -178,6 +179,39 @@ async def connect(target: SshTarget, options: SshOptions) -> asyncssh.SSHClientC
         ) from None
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         raise ConnectionFailed(f"cannot connect to {target}: {describe(exc)}") from None
+    coalesce_writes(conn)
+    return conn
+
+
+def coalesce_writes(conn: asyncssh.SSHClientConnection) -> None:
+    """Send the SSH packets of one event-loop turn in one socket write.
+
+    asyncssh writes every packet (at most 32 KiB of channel data) on its own,
+    which makes a bulk transfer cost one system call per packet, about a third
+    of the client's CPU. Gathering them keeps their order and adds no wait
+    beyond the current loop turn. It hooks asyncssh's internal ``_send``; if a
+    release renames it, packets simply go out one by one again.
+    """
+    transport = getattr(conn, "_transport", None)
+    if transport is None or not callable(getattr(conn, "_send", None)):
+        return
+    loop = asyncio.get_running_loop()
+    queued: list[bytes] = []
+
+    def flush() -> None:
+        data = b"".join(queued)
+        queued.clear()
+        current = getattr(conn, "_transport", None)
+        if current is not None:
+            with contextlib.suppress(ConnectionError):
+                current.write(data)
+
+    def send(data: bytes) -> None:
+        if not queued:
+            loop.call_soon(flush)
+        queued.append(data)
+
+    conn._send = send  # type: ignore[method-assign]
 
 
 async def _offered_key(target: SshTarget, options: SshOptions) -> asyncssh.SSHKey:

@@ -127,15 +127,15 @@ class StageboxClient:
         return result
 
     def wait_settled(self, datafile_id: int, timeout: float) -> dict[str, Any]:
-        """Poll a datafile until the server has verified (or failed) it."""
+        """Wait (long-polling the server) until it has verified or failed a datafile."""
         deadline = time.monotonic() + timeout
-        delay = 0.02
         while True:
-            answer = self.get(datafile_id)
-            if answer["state"] not in ("staged", "verified") or time.monotonic() > deadline:
+            wait = max(0.0, min(25.0, deadline - time.monotonic()))
+            answer: dict[str, Any] = self._request(
+                "GET", f"/api/v1/datafiles/{datafile_id}", params={"wait": round(wait, 3)}
+            ).json()
+            if answer["state"] not in ("staged", "verified") or time.monotonic() >= deadline:
                 return answer
-            time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
 
     def describe(self, machine: dict[str, str]) -> dict[str, Any]:
         result: dict[str, Any] = self._request("PUT", "/api/v1/uploader", json=machine).json()

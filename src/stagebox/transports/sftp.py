@@ -45,7 +45,7 @@ class SftpTransport(Transport):
         target: ssh.SshTarget,
         options: ssh.SshOptions,
         root: str,
-        queue_depth: int = 8,
+        queue_depth: int = 4,
     ) -> None:
         self.target = target
         self.options = options

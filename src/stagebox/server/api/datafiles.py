@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Query, Request, Response
@@ -86,12 +87,26 @@ def list_datafiles(
         )
 
 
+SETTLING = (ReplicaState.staged, ReplicaState.verified)
+
+
 @router.get("/{datafile_id}")
 def get_datafile(
-    datafile_id: int, ctx: CtxDep, uploader: UploaderDep, base: BaseUrlDep
+    datafile_id: int,
+    ctx: CtxDep,
+    uploader: UploaderDep,
+    base: BaseUrlDep,
+    wait: float = Query(0, ge=0, le=60, description="seconds to wait while it is settling"),
 ) -> DatafilePublic:
-    with ctx.catalog.session() as session:
-        return datafiles.public(datafiles.get_owned(session, uploader, datafile_id), base)
+    """One datafile. With ``wait``, answers once it leaves staged/verified (the
+    server re-reading sftp bytes, or promoting) or when ``wait`` runs out."""
+    deadline = time.monotonic() + wait
+    while True:
+        with ctx.catalog.session() as session:
+            answer = datafiles.public(datafiles.get_owned(session, uploader, datafile_id), base)
+        if answer.state not in SETTLING or time.monotonic() >= deadline:
+            return answer
+        time.sleep(0.02)
 
 
 @router.get("/{datafile_id}/content")
