@@ -39,7 +39,6 @@ from stagebox.wire import BUNDLE_CONTENT_TYPE, encode_bundle_header
 log = logging.getLogger(__name__)
 
 REGISTER_BATCH = 1000
-CHUNK = 1 << 20
 # Failures that would fail every file the same way: stop the run instead.
 FATAL = (AuthError, ConfigError, HostKeyError)
 
@@ -372,7 +371,7 @@ class Uploader:
                 raise ChangedDuringUpload("changed during upload (shorter than registered)")
             try:
                 while pos < file.size:
-                    chunk = f.read(min(CHUNK, file.size - pos))
+                    chunk = f.read(min(transport.chunk_size, file.size - pos))
                     if not chunk:
                         raise ChangedDuringUpload("changed during upload (shorter than registered)")
                     hasher.update(chunk)

@@ -14,6 +14,9 @@ import abc
 class Transport(abc.ABC):
     """Sends one file at a time; ``close`` releases the connection for good."""
 
+    #: Bytes the uploader reads, hashes and hands to ``write`` at a time.
+    chunk_size: int = 1 << 20
+
     @abc.abstractmethod
     def open(self, target: str, length: int) -> int:
         """Start (or resume) sending to ``target``; returns bytes already staged."""

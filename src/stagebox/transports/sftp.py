@@ -4,8 +4,8 @@ One SSH connection per transport (the uploader keeps one per thread) carries
 every file that thread sends. ``open`` stats the partial file and answers its
 size, so a resumed upload re-hashes that prefix locally and sends the rest.
 ``write`` hands each chunk to the SSH loop without waiting: up to
-``queue_depth`` chunks are in flight, and asyncssh splits each into parallel
-requests of the server's largest write size. ``finish`` waits for them, sets
+``queue_depth`` chunks (4 MiB) are in flight as parallel write requests.
+``finish`` waits for them, sets
 the file's mode, renames it into place and answers the size the server holds.
 """
 
@@ -40,12 +40,16 @@ def _error(what: str, exc: BaseException) -> StageboxError:
 
 
 class SftpTransport(Transport):
+    # About the server's largest write request (OpenSSH: 255 KiB): asyncssh sends
+    # each chunk as one request, and smaller buffers keep the client's memory low.
+    chunk_size = 256 << 10
+
     def __init__(
         self,
         target: ssh.SshTarget,
         options: ssh.SshOptions,
         root: str,
-        queue_depth: int = 4,
+        queue_depth: int = 16,
     ) -> None:
         self.target = target
         self.options = options
