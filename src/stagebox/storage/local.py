@@ -46,11 +46,14 @@ def _fsync_at(name: str, dir_fd: int) -> None:
 
 
 class _LocalWriter(StagedWriter):
-    def __init__(self, fd: int, offset: int) -> None:
+    def __init__(self, fd: int, offset: int, size: int | None = None) -> None:
         self._fd = fd
         self._start = offset
         self._pos = offset
-        os.ftruncate(fd, offset)
+        # Truncating a file that is already that size is not free: ext4 takes a
+        # truncate-then-write as a file being replaced and flushes it on close.
+        if size != offset:
+            os.ftruncate(fd, offset)
         os.lseek(fd, offset, os.SEEK_SET)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -337,7 +340,7 @@ class LocalBackend(StorageBackend):
                     self.direct_io = False
                 else:
                     return _DirectWriter(fd, direct, offset)
-        return _LocalWriter(fd, offset)
+        return _LocalWriter(fd, offset, size)
 
     def size(self, key: str) -> int | None:
         dirs, name = self._split(key)

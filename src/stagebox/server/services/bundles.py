@@ -21,6 +21,7 @@ from stagebox.server.schemas import BundleEntry, BundleManifest, BundleResult
 from stagebox.server.services import registrations, verify
 from stagebox.server.services.context import ServerContext
 from stagebox.server.services.states import Move, advance_many
+from stagebox.storage import StorageBackend
 from stagebox.wire import BUNDLE_CONTENT_TYPE, BUNDLE_HEADER
 
 S = ReplicaState
@@ -41,6 +42,8 @@ class BundleReceiver:
         self._replicas: dict[int, Replica] = {}
         self._expected = 0
         self._digests: dict[int, dict[str, str]] = {}
+        self._spans: dict[int, tuple[int, int]] = {}
+        self._stored: dict[int, str] = {}
         self._box_id = ctx.staging_box_id
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
@@ -110,26 +113,33 @@ class BundleReceiver:
                         f"datafile {entry.id} was registered with {found.datafile.size} bytes",
                     )
 
-    def _stage(self, entries: list[BundleEntry]) -> None:
-        """Write each file to its staging key, hashing it on the way."""
+    def _hash(self, entries: list[BundleEntry]) -> None:
+        """Hash each file where it lies in the body; remember where that is."""
         view = memoryview(self._buf)
         pos = 0
-        staging = self._ctx.backend(self._box_id)
-        with staging.batch():
-            for entry in entries:
-                data = view[pos : pos + entry.size]
-                pos += entry.size
-                hasher = MultiHasher(self._ctx.settings.algorithms)
-                hasher.update(data)
-                self._digests[entry.id] = hasher.hexdigests()
-                replica = self._replicas[entry.id]
-                if replica.state in (S.registered, S.uploading):
-                    with staging.open_write(replica.key, 0) as writer:
-                        writer.write(data)
+        for entry in entries:
+            data = view[pos : pos + entry.size]
+            hasher = MultiHasher(self._ctx.settings.algorithms)
+            hasher.update(data)
+            data.release()
+            self._digests[entry.id] = hasher.hexdigests()
+            self._spans[entry.id] = (pos, pos + entry.size)
+            pos += entry.size
+        view.release()
+
+    def _write(self, backend: StorageBackend, items: list[tuple[int, str]]) -> None:
+        """Write each (datafile id, key)'s bytes from the body into ``backend``."""
+        if not items:
+            return
+        view = memoryview(self._buf)
+        with backend.batch():
+            for datafile_id, key in items:
+                start, end = self._spans[datafile_id]
+                data = view[start:end]
+                with backend.open_write(key, 0) as writer:
+                    writer.write(data)
                 data.release()
         view.release()
-        self._buf = bytearray()
-        staging.flush()
 
     def abort(self) -> None:
         self._buf = bytearray()
@@ -145,9 +155,14 @@ class BundleReceiver:
             self.abort()
             raise InvalidInput("body", "ended before every file in the manifest arrived")
         ctx = self._ctx
-        self._stage(entries)
+        self._hash(entries)
         moves: list[Move] = []
         checksums: list[dict[str, object]] = []
+        # Files that are only in the body go straight to the store once verified
+        # (the body is their staged copy; a mismatch is kept in staging for a
+        # retry); files staged earlier are promoted from staging.
+        to_store: list[tuple[int, str]] = []
+        to_staging: list[tuple[int, str]] = []
         promotions: list[tuple[Replica, str, str]] = []
         for entry in entries:
             replica = self._replicas[entry.id]
@@ -171,7 +186,10 @@ class BundleReceiver:
                 "declared_md5": declared["md5"] or None,
             }
             mismatch = _mismatch(declared, staged)
+            in_body = replica.state in (S.registered, S.uploading)
             if mismatch:
+                if in_body:
+                    to_staging.append((entry.id, replica.key))
                 moves.append(
                     Move(
                         replica.id,
@@ -182,7 +200,11 @@ class BundleReceiver:
                 )
                 continue
             dest = verify.store_key(replica.datafile)
-            promotions.append((replica, dest, staged["sha256"]))
+            if in_body:
+                to_store.append((entry.id, dest))
+                self._stored[replica.id] = dest
+            else:
+                promotions.append((replica, dest, staged["sha256"]))
             moves.append(Move(replica.id, S(replica.state), (*path, S.verified, S.stored), values))
             checksums.append(
                 {
@@ -191,9 +213,12 @@ class BundleReceiver:
                     "v_md5": staged.get("md5") or values["declared_md5"],
                 }
             )
+        self._write(ctx.backend(self._box_id), to_staging)
+        self._write(ctx.store, to_store)
+        self._buf = bytearray()
         copied = self._promote(promotions, moves)
         now = utcnow()
-        dest_keys = {replica.id: dest for replica, dest, _ in promotions}
+        dest_keys = {replica.id: dest for replica, dest, _ in promotions} | self._stored
         with ctx.catalog.session() as session:
             for move in moves:
                 if move.path[-1] == S.stored:
@@ -217,7 +242,7 @@ class BundleReceiver:
                 )
         for key in copied:
             ctx.backend(self._box_id).delete(key)
-        return self._results(entries)
+        return self._results(entries, moves)
 
     def _promote(self, promotions: list[tuple[Replica, str, str]], moves: list[Move]) -> list[str]:
         """Move each verified file into the store, then sync the store once.
@@ -228,9 +253,11 @@ class BundleReceiver:
         ctx = self._ctx
         staging, store = ctx.backend(self._box_id), ctx.store
         by_id = {m.replica_id: i for i, m in enumerate(moves)}
-        with staging.batch(), store.batch():
-            copied = self._move(promotions, moves, by_id)
-        store.flush()
+        copied: list[str] = []
+        if promotions:
+            with staging.batch(), store.batch():
+                copied = self._move(promotions, moves, by_id)
+        store.flush()  # once, for what was written and what was moved
         return copied
 
     def _move(
@@ -263,14 +290,22 @@ class BundleReceiver:
             )
         return copied
 
-    def _results(self, entries: list[BundleEntry]) -> list[BundleResult]:
-        ids = [e.id for e in entries]
-        with self._ctx.catalog.session() as session:
-            rows = session.scalars(
-                select(Replica).where(Replica.datafile_id.in_(ids)).order_by(Replica.id)
-            ).all()
-            latest = {r.datafile_id: r for r in rows}
-        return [BundleResult(id=i, state=latest[i].state, error=latest[i].error) for i in ids]
+    def _results(self, entries: list[BundleEntry], moves: list[Move]) -> list[BundleResult]:
+        """Each file's state as recorded: the end of its move, else what it was."""
+        ended = {m.replica_id: m for m in moves}
+        results = []
+        for entry in entries:
+            replica = self._replicas[entry.id]
+            move = ended.get(replica.id)
+            if move is None:
+                results.append(BundleResult(id=entry.id, state=replica.state, error=replica.error))
+            else:
+                error = move.values.get("error")
+                state = move.path[-1] if move.path else S(replica.state)
+                results.append(
+                    BundleResult(id=entry.id, state=state, error=str(error) if error else None)
+                )
+        return results
 
 
 def receive_staged(ctx: ServerContext, uploader: Uploader, path: str) -> list[BundleResult]:
