@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import Table, insert, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -321,7 +321,19 @@ def register_batch(
                 existing=datafile,
                 target=target,
             )
-            answers.append(_answer(datafile.id, replica, skip, base_url, target, datafile.sha256))
+            answers.append(
+                _answer(
+                    datafile.id,
+                    replica.state,
+                    replica.key,
+                    replica.upload_token,
+                    replica.bytes_staged or 0,
+                    skip,
+                    base_url,
+                    target,
+                    datafile.sha256,
+                )
+            )
             continue
         if where not in fresh:  # NFC twins in one batch share one datafile
             fresh[where] = []
@@ -366,47 +378,58 @@ def _insert_new(
         }
         for datafile_id, (dataset_id, item) in zip(ids, items, strict=True)
     ]
-    session.execute(insert(Replica), rows)
+    # Core, not the ORM's bulk path: no instances are needed for new rows.
+    table = Replica.__table__
+    assert isinstance(table, Table)
+    session.connection().execute(insert(table), rows)
     answers = []
     for datafile_id, row, (_, item) in zip(ids, rows, items, strict=True):
-        replica = Replica(**row)
+        state, key, token = str(row["state"]), str(row["key"]), row["upload_token"]
         if item.size == 0:
             replica = session.scalars(
                 select(Replica).where(Replica.datafile_id == datafile_id)
             ).one()
             stage_empty(ctx, session, replica)
-        answers.append(_answer(datafile_id, replica, False, base_url, target))
+            state = replica.state
+        answers.append(
+            _answer(
+                datafile_id, state, key, str(token) if token else None, 0, False, base_url, target
+            )
+        )
     return answers
 
 
 def _answer(
     datafile_id: int,
-    replica: Replica,
+    state: str,
+    key: str,
+    token: str | None,
+    offset: int,
     skip: bool,
     base_url: str,
     target: Target,
     sha256: str | None = None,
 ) -> RegisterAnswer:
     if skip:
-        return RegisterAnswer(id=datafile_id, state=replica.state, action="skip", sha256=sha256)
+        return RegisterAnswer(id=datafile_id, state=state, action="skip", sha256=sha256)
     if target.sftp is not None:
         return RegisterAnswer(
             id=datafile_id,
-            state=replica.state,
+            state=state,
             action="upload",
             method=target.method,
-            offset=replica.bytes_staged or 0,
-            sftp_path=target.path(replica.key),
+            offset=offset,
+            sftp_path=target.path(key),
             sftp_host=target.sftp["host"],
             sftp_port=target.sftp["port"],
             sftp_user=target.sftp["user"],
         )
     return RegisterAnswer(
         id=datafile_id,
-        state=replica.state,
+        state=state,
         action="upload",
-        upload_url=f"{base_url}/files/{replica.upload_token}",
-        offset=replica.bytes_staged or 0,
+        upload_url=f"{base_url}/files/{token}",
+        offset=offset,
     )
 
 

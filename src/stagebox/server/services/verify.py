@@ -26,8 +26,11 @@ S = ReplicaState
 def store_key(datafile: Datafile) -> str:
     """Permanent key: uploader, dataset id (names may repeat across experiments), path."""
     dataset = datafile.dataset
-    parts = [dataset.uploader.uuid, str(dataset.id), datafile.directory, datafile.filename]
-    return "/".join(p for p in parts if p)
+    return store_key_of(dataset.uploader.uuid, dataset.id, datafile.directory, datafile.filename)
+
+
+def store_key_of(uploader_uuid: str, dataset_id: int, directory: str, filename: str) -> str:
+    return "/".join(p for p in (uploader_uuid, str(dataset_id), directory, filename) if p)
 
 
 def part_key(key: str) -> str:
