@@ -109,6 +109,10 @@ class StorageBackend(abc.ABC):
         """A block of many small operations; backends may reuse handles inside it."""
         yield
 
+    def start_writeback(self, key: str) -> None:  # noqa: B027 - optional capability
+        """Start writing ``key``'s dirty pages to disk without waiting, so that a
+        later ``promote`` with ``sync`` has less to wait for."""
+
     def can_rename_to(self, dest: StorageBackend) -> bool:
         """Whether :meth:`promote` into ``dest`` moves bytes without reading them."""
         return False
