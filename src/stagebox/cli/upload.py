@@ -192,6 +192,7 @@ def upload(
                 report = Uploader(client, journal, options, bars, factory).run(scan(src, rules))
             render(report, Console())
     finally:
+        chosen.close()
         client.close()
         journal.close()
     raise typer.Exit(0 if report.ok else 1)

@@ -18,6 +18,7 @@ class Plan:
     method: str
     notice: str | None = None
     transport_factory: Callable[[], Transport] | None = None
+    close: Callable[[], None] = lambda: None  # releases what the plan opened and nobody used
 
 
 def _approved(client: StageboxClient, key: Path) -> tuple[dict[str, Any] | None, str]:
@@ -74,4 +75,19 @@ def plan(
     )
     # Once, before any thread connects: a first contact is recorded once.
     ssh.run(ssh.trusted_keys(target, options))
-    return Plan("sftp", transport_factory=lambda: SftpTransport(target, options, sftp["root"]))
+    # The first thread's connection is made while the tree is scanned and registered.
+    first = SftpTransport(target, options, sftp["root"])
+    first.connect_soon()
+    spare = [first]
+
+    def factory() -> Transport:
+        try:
+            return spare.pop()
+        except IndexError:
+            return SftpTransport(target, options, sftp["root"])
+
+    def close() -> None:
+        while spare:
+            spare.pop().close()
+
+    return Plan("sftp", transport_factory=factory, close=close)

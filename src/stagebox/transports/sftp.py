@@ -57,6 +57,7 @@ class SftpTransport(Transport):
         self._depth = queue_depth
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
+        self._connecting: Future[asyncssh.SFTPClient] | None = None
         self._dirs: set[str] = set()
         self._path = ""
         self._length = 0
@@ -65,9 +66,15 @@ class SftpTransport(Transport):
 
     # -- connection --------------------------------------------------------
 
+    def connect_soon(self) -> None:
+        """Start connecting now, in the background; the first file waits for it."""
+        if self._sftp is None and self._connecting is None:
+            self._connecting = ssh.submit(self._connect())
+
     def _client(self) -> asyncssh.SFTPClient:
         if self._sftp is None:
-            self._sftp = ssh.run(self._connect())
+            pending, self._connecting = self._connecting, None
+            self._sftp = pending.result() if pending is not None else ssh.run(self._connect())
         return self._sftp
 
     async def _connect(self) -> asyncssh.SFTPClient:
@@ -238,6 +245,10 @@ class SftpTransport(Transport):
 
     def close(self) -> None:
         self.abandon()
+        pending, self._connecting = self._connecting, None
+        if pending is not None:
+            with contextlib.suppress(Exception):  # a connection nobody used
+                pending.result(timeout=30)
         if self._conn is not None:
             conn = self._conn
             self._drop()
