@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     stale_after: float = Field(300.0, gt=0, description="seconds before idle work counts as stuck")
     upload_expiry_hours: float = Field(24.0 * 7, gt=0, description="tus Upload-Expires horizon")
     max_bundle_bytes: int = Field(64 << 20, gt=0, description="largest small-file bundle body")
+    s3_part_size: int = Field(16 << 20, ge=5 << 20, description="multipart part size for s3 boxes")
+    s3_request_checksum_calculation: Literal["when_supported", "when_required"] = Field(
+        "when_supported", description="'when_required' for S3-compatible stores that reject them"
+    )
     public_url: str | None = Field(
         None, description="base URL clients reach; from the request if unset"
     )

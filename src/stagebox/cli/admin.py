@@ -101,8 +101,16 @@ def uploader_revoke(name: str) -> None:
 def box_add(
     name: str,
     role: Annotated[str, typer.Option(help="receiving | staging | permanent")],
-    path: Annotated[str, typer.Option(help="the box's directory, as the server sees it")],
-    backend: Annotated[str, typer.Option(help="local")] = "local",
+    path: Annotated[
+        str | None, typer.Option(help="a local box's directory, as the server sees it")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="local | s3")] = "local",
+    bucket: Annotated[str | None, typer.Option(help="an s3 box's bucket")] = None,
+    prefix: Annotated[str | None, typer.Option(help="key prefix inside the bucket")] = None,
+    endpoint_url: Annotated[
+        str | None, typer.Option(help="S3-compatible endpoint (AWS if unset)")
+    ] = None,
+    region: Annotated[str | None, typer.Option(help="S3 region")] = None,
     sftp_host: Annotated[str | None, typer.Option(help="staging host uploaders reach")] = None,
     sftp_port: Annotated[int | None, typer.Option(help="its SSH port (22)")] = None,
     sftp_user: Annotated[str | None, typer.Option(help="the staging account")] = None,
@@ -110,7 +118,8 @@ def box_add(
         str | None, typer.Option(help="PATH as seen from the staging host (default: --path)")
     ] = None,
 ) -> None:
-    """Add a storage box; an sftp staging box takes the --sftp-* options."""
+    """Add a storage box: local (--path, and --sftp-* for an sftp staging box) or
+    s3 (--bucket, --prefix, --endpoint-url, --region; credentials from the AWS chain)."""
     from stagebox.server.services import boxes
 
     catalog = _catalog()
@@ -125,6 +134,10 @@ def box_add(
             sftp_port=sftp_port,
             sftp_user=sftp_user,
             sftp_root=sftp_root,
+            bucket=bucket,
+            prefix=prefix,
+            endpoint_url=endpoint_url,
+            region=region,
         )
         public = boxes.public(box)
     for warning in _staging_warnings(public):
@@ -157,7 +170,7 @@ def box_list(as_json: JsonOption = False) -> None:
     catalog = _catalog()
     with catalog.session() as session:
         rows = [boxes.public(b) for b in boxes.list_boxes(session)]
-    columns = ("name", "role", "backend", "path", "sftp_host", "sftp_port", "sftp_user")
+    columns = ("name", "role", "backend", "path", "bucket", "sftp_host", "sftp_port", "sftp_user")
     _show(rows, (*columns, "sftp_root"), as_json)
 
 

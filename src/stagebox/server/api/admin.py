@@ -23,6 +23,10 @@ class NewBox(BaseModel):
     sftp_port: int | None = None
     sftp_user: str | None = None
     sftp_root: str | None = None
+    bucket: str | None = None
+    prefix: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
 
 
 class NewUploader(BaseModel):

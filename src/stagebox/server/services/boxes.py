@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from stagebox.errors import Conflict, InvalidInput, NotFound
-from stagebox.names import clean_component
+from stagebox.names import clean_component, clean_directory
 from stagebox.server.db.models import BoxRole, StorageBox
 
 # internal-sftp splits its arguments on whitespace and honours quotes, so a root
@@ -18,6 +18,9 @@ from stagebox.server.db.models import BoxRole, StorageBox
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+@%=,:-]*$")
 _HOST = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
 _USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_URL = re.compile(r"^https?://[A-Za-z0-9.:\[\]_-]+(/[^\s]*)?$")
+_REGION = re.compile(r"^[a-z0-9-]{2,32}$")
 
 
 def _absolute(value: str, field: str) -> str:
@@ -43,17 +46,31 @@ def add_box(
     sftp_port: int | None = None,
     sftp_user: str | None = None,
     sftp_root: str | None = None,
+    bucket: str | None = None,
+    prefix: str | None = None,
+    endpoint_url: str | None = None,
+    region: str | None = None,
 ) -> StorageBox:
     """Validate and add a box; every error names the option that broke a rule."""
     name = clean_component(name, "name")
     if role not in BoxRole.__members__:
         raise InvalidInput("role", f"must be one of {', '.join(BoxRole)}", role)
+    sftp = {"sftp_host": sftp_host, "sftp_port": sftp_port, "sftp_user": sftp_user}
+    if backend == "s3":
+        if path is not None:
+            raise InvalidInput("path", "is for local boxes; an s3 box takes --bucket")
+        if sftp_root is not None or any(v is not None for v in sftp.values()):
+            raise InvalidInput("backend", "an s3 box cannot take sftp attributes", backend)
+        return _add(
+            session, name, backend, role, s3_attributes(bucket, prefix, endpoint_url, region)
+        )
     if backend != "local":
-        raise InvalidInput("backend", "must be 'local' (s3 boxes arrive with bag ingest)", backend)
+        raise InvalidInput("backend", "must be 'local' or 's3'", backend)
+    if bucket is not None or prefix is not None or endpoint_url is not None:
+        raise InvalidInput("backend", "--bucket, --prefix and --endpoint-url are for s3 boxes")
     if not path:
         raise InvalidInput("path", "is required for a local box")
     attributes: dict[str, Any] = {"path": _absolute(path, "path")}
-    sftp = {"sftp_host": sftp_host, "sftp_port": sftp_port, "sftp_user": sftp_user}
     if sftp_root is not None or any(v is not None for v in sftp.values()):
         if role != BoxRole.staging:
             raise InvalidInput("role", "only a staging box can take sftp attributes", role)
@@ -70,13 +87,40 @@ def add_box(
             sftp_user=sftp_user,
             sftp_root=_absolute(sftp_root or attributes["path"], "sftp_root"),
         )
+    Path(attributes["path"]).mkdir(parents=True, exist_ok=True)
+    return _add(session, name, backend, role, attributes)
+
+
+def _add(
+    session: Session, name: str, backend: str, role: str, attributes: dict[str, Any]
+) -> StorageBox:
     if session.scalar(select(StorageBox).where(StorageBox.name == name)) is not None:
         raise Conflict(f"a box named {name!r} already exists")
-    Path(attributes["path"]).mkdir(parents=True, exist_ok=True)
     box = StorageBox(name=name, backend=backend, role=role, attributes=attributes)
     session.add(box)
     session.flush()
     return box
+
+
+def s3_attributes(
+    bucket: str | None, prefix: str | None, endpoint_url: str | None, region: str | None
+) -> dict[str, Any]:
+    """An s3 box's attributes, each checked; credentials come from the AWS chain."""
+    if not bucket or not _BUCKET.match(bucket) or ".." in bucket:
+        raise InvalidInput(
+            "bucket", "must be 3-63 lowercase letters, digits, '.' or '-' (S3 bucket rules)", bucket
+        )
+    clean_prefix = clean_directory(prefix, "prefix") if prefix else ""
+    if endpoint_url is not None and not _URL.match(endpoint_url):
+        raise InvalidInput("endpoint_url", "must be an http:// or https:// URL", endpoint_url)
+    if region is not None and not _REGION.match(region):
+        raise InvalidInput("region", "must look like us-east-1", region)
+    return {
+        "bucket": bucket,
+        "prefix": clean_prefix,
+        "endpoint_url": endpoint_url,
+        "region": region,
+    }
 
 
 def get_box(session: Session, name: str) -> StorageBox:

@@ -29,6 +29,19 @@ def backend_for(box: StorageBox, settings: Settings) -> StorageBackend:
             # An sftp staging root is shared with the staging account's group.
             dir_mode=0o2770 if box.attributes.get("sftp_host") else None,
         )
+    if box.backend == "s3":
+        from stagebox.storage.s3 import S3Backend
+
+        attrs = box.attributes
+        return S3Backend(
+            box.name,
+            attrs["bucket"],
+            prefix=attrs.get("prefix") or "",
+            endpoint_url=attrs.get("endpoint_url"),
+            region=attrs.get("region"),
+            part_size=settings.s3_part_size,
+            checksums_when_required=settings.s3_request_checksum_calculation == "when_required",
+        )
     raise NotImplementedError(f"box {box.name}: backend {box.backend!r} is not available")
 
 
