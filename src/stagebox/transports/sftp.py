@@ -16,6 +16,7 @@ import contextlib
 import posixpath
 import uuid
 from concurrent.futures import Future
+from typing import TypeVar
 
 import asyncssh
 
@@ -26,15 +27,22 @@ from stagebox.transports.base import Transport
 DIR_MODE = 0o2770
 FILE_MODE = 0o660
 BUNDLE_DIR = ".bundles"
+T = TypeVar("T")
+
+
+REFUSALS = (
+    asyncssh.SFTPPermissionDenied,
+    asyncssh.SFTPNoSpaceOnFilesystem,
+    asyncssh.SFTPQuotaExceeded,
+    asyncssh.SFTPWriteProtect,
+)
 
 
 def _error(what: str, exc: BaseException) -> StageboxError:
     """Map an SFTP failure: a lost connection is retried, a refusal is not."""
     if isinstance(exc, StageboxError):
         return exc
-    if isinstance(exc, asyncssh.SFTPPermissionDenied | asyncssh.SFTPNoSpaceOnFilesystem):
-        return TransportError(f"{what}: {ssh.describe(exc)}")
-    if isinstance(exc, asyncssh.SFTPQuotaExceeded | asyncssh.SFTPWriteProtect):
+    if isinstance(exc, REFUSALS):
         return TransportError(f"{what}: {ssh.describe(exc)}")
     return ConnectionFailed(f"{what}: {ssh.describe(exc)}")
 
@@ -85,6 +93,17 @@ class SftpTransport(Transport):
             self._conn.close()
             raise ConnectionFailed(f"{self.target}: no SFTP service: {ssh.describe(exc)}") from None
 
+    def _settle(self, future: Future[T], what: str) -> T:
+        """Wait for work on the SSH loop. A failure is mapped into the error tree, and
+        a connection it broke is dropped, so the next ``open`` reconnects."""
+        try:
+            return future.result()
+        except BaseException as exc:
+            error = _error(what, exc)
+            if isinstance(error, ConnectionFailed):
+                self._drop()
+            raise error from None
+
     def _drop(self) -> None:
         """Forget a connection that failed; the next ``open`` reconnects."""
         conn, self._conn, self._sftp, self._file = self._conn, None, None, None
@@ -98,13 +117,9 @@ class SftpTransport(Transport):
         self._abort_pending()
         self._path, self._length = target, length
         sftp = self._client()
-        try:
-            offset, self._file = ssh.run(self._open(sftp, target, length))
-        except BaseException as exc:
-            error = _error(f"open {target}", exc)
-            if isinstance(error, ConnectionFailed):
-                self._drop()
-            raise error from None
+        offset, self._file = self._settle(
+            ssh.submit(self._open(sftp, target, length)), f"open {target}"
+        )
         return offset
 
     async def _open(
@@ -157,25 +172,16 @@ class SftpTransport(Transport):
 
     def _wait(self, future: Future[int]) -> None:
         try:
-            future.result()
-        except BaseException as exc:
-            error = _error(f"write {self._path}", exc)
+            self._settle(future, f"write {self._path}")
+        except StageboxError:
             self._abort_pending()
-            if isinstance(error, ConnectionFailed):
-                self._drop()
-            raise error from None
+            raise
 
     def finish(self) -> int:
         while self._pending:
             self._wait(self._pending.popleft())
         handle, self._file = self._file, None
-        try:
-            return ssh.run(self._finish(handle))
-        except BaseException as exc:
-            error = _error(f"finish {self._path}", exc)
-            if isinstance(error, ConnectionFailed):
-                self._drop()
-            raise error from None
+        return self._settle(ssh.submit(self._finish(handle)), f"finish {self._path}")
 
     async def _finish(self, handle: asyncssh.SFTPClientFile | None) -> int:
         assert self._sftp is not None
@@ -205,12 +211,7 @@ class SftpTransport(Transport):
         self.abandon()
         sftp = self._client()
         for path in (target + ".part", target):
-            try:
-                ssh.run(sftp.remove(path))
-            except asyncssh.SFTPNoSuchFile:
-                pass
-            except BaseException as exc:
-                raise _error(f"remove {path}", exc) from None
+            self._settle(ssh.submit(_remove(sftp, path)), f"remove {path}")
 
     # -- many small files ----------------------------------------------------
 
@@ -220,13 +221,7 @@ class SftpTransport(Transport):
         relative = f"{BUNDLE_DIR}/{uuid.uuid4().hex}.bundle"
         path = f"{self.root}/{relative}"
         sftp = self._client()
-        try:
-            ssh.run(self._put(sftp, path, parts))
-        except BaseException as exc:
-            error = _error(f"write {path}", exc)
-            if isinstance(error, ConnectionFailed):
-                self._drop()
-            raise error from None
+        self._settle(ssh.submit(self._put(sftp, path, parts)), f"write {path}")
         return relative
 
     async def _put(self, sftp: asyncssh.SFTPClient, path: str, parts: list[bytes]) -> None:
@@ -254,6 +249,11 @@ class SftpTransport(Transport):
             self._drop()
             with contextlib.suppress(Exception):  # closing anyway
                 ssh.run(conn.wait_closed(), timeout=10)
+
+
+async def _remove(sftp: asyncssh.SFTPClient, path: str) -> None:
+    with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+        await sftp.remove(path)
 
 
 async def _size(sftp: asyncssh.SFTPClient, path: str, directory: bool = False) -> int | None:
