@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from stagebox.checksums import BUFFER_SIZE, MultiHasher
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -108,6 +110,28 @@ class StorageBackend(abc.ABC):
     def batch(self) -> Iterator[None]:
         """A block of many small operations; backends may reuse handles inside it."""
         yield
+
+    def stream_copy(
+        self,
+        src_key: str,
+        dest: StorageBackend,
+        dest_key: str,
+        algorithms: tuple[str, ...],
+        sync: bool = True,
+        size: int | None = None,
+    ) -> PromoteResult:
+        """Copy ``src_key`` into ``dest`` through this process, hashing what is copied:
+        how :meth:`promote` moves bytes that no rename or server-side copy can."""
+        hasher = MultiHasher(algorithms)
+        if size is None:
+            size = self.size(src_key)
+        with self.open_read(src_key) as reader, dest.open_write(dest_key, 0, size) as writer:
+            while chunk := reader.read(BUFFER_SIZE):
+                hasher.update(chunk)
+                writer.write(chunk)
+        if sync:
+            dest.sync(dest_key)
+        return PromoteResult(renamed=False, digests=hasher.hexdigests())
 
     def start_writeback(self, key: str) -> None:  # noqa: B027 - optional capability
         """Start writing ``key``'s dirty pages to disk without waiting, so that a

@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from stagebox.checksums import BUFFER_SIZE, MultiHasher
+from stagebox.checksums import BUFFER_SIZE
 from stagebox.errors import InvalidName, KeyEscapesRoot, NotFound, StorageError
 from stagebox.names import clean_directory
 from stagebox.storage.base import ObjectInfo, PromoteResult, StagedWriter, StorageBackend
@@ -342,12 +342,18 @@ class LocalBackend(StorageBackend):
                     return _DirectWriter(fd, direct, offset)
         return _LocalWriter(fd, offset, size)
 
-    def size(self, key: str) -> int | None:
+    def _lstat(self, key: str) -> os.stat_result | None:
+        """The key's own inode (never a link's target); None if nothing is there."""
         dirs, name = self._split(key)
         try:
             with self._parent(dirs) as dir_fd:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except (NotFound, FileNotFoundError):
+            return None
+
+    def size(self, key: str) -> int | None:
+        st = self._lstat(key)
+        if st is None:
             return None
         if stat.S_ISLNK(st.st_mode):
             raise KeyEscapesRoot(f"{self.name}: {key} is a symlink")
@@ -377,11 +383,8 @@ class LocalBackend(StorageBackend):
 
     def identity(self, key: str) -> str | None:
         """Device, inode, size and mtime of the file itself (never a link's target)."""
-        dirs, name = self._split(key)
-        try:
-            with self._parent(dirs) as dir_fd:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except (NotFound, FileNotFoundError):
+        st = self._lstat(key)
+        if st is None:
             return None
         return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
@@ -425,25 +428,7 @@ class LocalBackend(StorageBackend):
                     raise StorageError(
                         f"cannot move {src_key} into {dest.name}: {exc.strerror}"
                     ) from exc
-        return self._copy(src_key, dest, dest_key, algorithms, sync)
-
-    def _copy(
-        self,
-        src_key: str,
-        dest: StorageBackend,
-        dest_key: str,
-        algorithms: tuple[str, ...],
-        sync: bool,
-    ) -> PromoteResult:
-        hasher = MultiHasher(algorithms)
-        size = self.size(src_key)
-        with self.open_read(src_key) as reader, dest.open_write(dest_key, 0, size) as writer:
-            while chunk := reader.read(BUFFER_SIZE):
-                hasher.update(chunk)
-                writer.write(chunk)
-        if sync:
-            dest.sync(dest_key)
-        return PromoteResult(renamed=False, digests=hasher.hexdigests())
+        return self.stream_copy(src_key, dest, dest_key, algorithms, sync)
 
     def delete(self, key: str) -> None:
         dirs, name = self._split(key)

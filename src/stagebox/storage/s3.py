@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from stagebox.checksums import BUFFER_SIZE, MultiHasher
+from stagebox.checksums import MultiHasher
 from stagebox.errors import InvalidName, KeyEscapesRoot, NotFound, StorageError
 from stagebox.names import clean_directory
 from stagebox.storage.base import ObjectInfo, PromoteResult, StagedWriter, StorageBackend
@@ -254,14 +254,7 @@ class S3Backend(StorageBackend):
             with dest.open_read(dest_key) as f:
                 hasher.update_from(f)
             return PromoteResult(renamed=False, digests=hasher.hexdigests())
-        hasher = MultiHasher(algorithms)
-        with self.open_read(src_key) as reader, dest.open_write(dest_key, 0, size) as writer:
-            while chunk := reader.read(BUFFER_SIZE):
-                hasher.update(chunk)
-                writer.write(chunk)
-        if sync:
-            dest.sync(dest_key)
-        return PromoteResult(renamed=False, digests=hasher.hexdigests())
+        return self.stream_copy(src_key, dest, dest_key, algorithms, sync, size)
 
     def delete(self, key: str) -> None:
         with self.errors(f"delete {key}"):
