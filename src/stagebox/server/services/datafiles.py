@@ -560,25 +560,22 @@ def _complete_arrived(
     ``staged`` until it has (poll ``GET /api/v1/datafiles/{id}``).
     """
     try:
-        whole = verify.stage_if_whole(ctx, session, replica)
+        arrival = verify.stage_arrived(ctx, session, replica)
     except StageboxError as exc:
         transition(session, replica, S.failed, error=f"staged file refused: {exc}")
         return public(datafile)
-    if not whole:
-        if replica.bytes_staged == 0 and ctx.backend(replica.box_id).size(replica.key) is None:
+    if not arrival.whole:
+        if arrival.final is None and replica.bytes_staged == 0:
             raise Conflict(
                 f"datafile {datafile.id}: nothing is staged at its path yet; "
                 "upload (and rename) the file before completing"
             )
-        staged = ctx.backend(replica.box_id).size(replica.key)
+        staged = arrival.final if arrival.final is not None else replica.bytes_staged
         transition(
             session,
             replica,
             S.failed,
-            error=(
-                f"size mismatch: registered {datafile.size} bytes, "
-                f"staged {staged if staged is not None else replica.bytes_staged}"
-            ),
+            error=f"size mismatch: registered {datafile.size} bytes, staged {staged}",
         )
         return public(datafile)
     replica.declared_sha256 = sha256

@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import logging
 import threading
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
@@ -78,7 +79,15 @@ def rehash_staged(ctx: ServerContext, replica: Replica) -> dict[str, str]:
     return digests
 
 
-def stage_arrived(ctx: ServerContext, session: Session, replica: Replica) -> bool:
+@dataclass(frozen=True)
+class Arrival:
+    """What one look at the staging box found for an sftp replica."""
+
+    whole: bool  # staged now: the final name holds exactly the registered size
+    final: int | None  # bytes under the final name; None before the client's rename
+
+
+def stage_arrived(ctx: ServerContext, session: Session, replica: Replica) -> Arrival:
     """An sftp replica is staged once its final name holds exactly the registered size.
 
     Raises what the backend raises for a symlink or a non-regular file; a size
@@ -86,9 +95,9 @@ def stage_arrived(ctx: ServerContext, session: Session, replica: Replica) -> boo
     bytes seen so far (the final name, else the partial) as ``bytes_staged``.
     """
     if replica.state == S.staged:
-        return True
+        return Arrival(True, replica.datafile.size)
     if replica.state not in (S.registered, S.uploading):
-        return False
+        return Arrival(False, None)
     size = replica.datafile.size
     backend = ctx.backend(replica.box_id)
     final = backend.size(replica.key)
@@ -102,11 +111,11 @@ def stage_arrived(ctx: ServerContext, session: Session, replica: Replica) -> boo
                 transition(session, replica, S.uploading, bytes_staged=seen)
             else:
                 replica.bytes_staged = seen
-        return False
+        return Arrival(False, final)
     target = (S.uploading, S.staged) if replica.state == S.registered else (S.staged,)
     for state in target:
         transition(session, replica, state, bytes_staged=size)
-    return True
+    return Arrival(True, final)
 
 
 def stage_if_whole(ctx: ServerContext, session: Session, replica: Replica) -> bool:
@@ -118,7 +127,7 @@ def stage_if_whole(ctx: ServerContext, session: Session, replica: Replica) -> bo
     running hash when it covers the whole file, else from one re-read.
     """
     if replica.method != "http":
-        return stage_arrived(ctx, session, replica)
+        return stage_arrived(ctx, session, replica).whole
     if replica.state == S.staged:
         return True
     if replica.state not in (S.registered, S.uploading):
@@ -436,12 +445,12 @@ def arrival_task(ctx: ServerContext, replica_id: int) -> None:
         if replica is None or replica.state not in (S.registered, S.uploading):
             return
         try:
-            whole = stage_if_whole(ctx, session, replica)
-            final = ctx.backend(replica.box_id).size(replica.key)
+            arrival = stage_arrived(ctx, session, replica)
         except StageboxError as exc:
             transition(session, replica, S.failed, error=f"staged file refused: {exc}")
             return
-        if not whole:
+        if not arrival.whole:
+            final = arrival.final
             if final is not None and final > replica.datafile.size:
                 transition(
                     session,
