@@ -8,7 +8,6 @@ import getpass
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from tests.sshd import STAGING_USER, StagingHost, keys_command, staging_root
 
 from benchmarks.measure import CpuGroup
 from stagebox.server.process import ServerProcess, free_port, stagebox_cmd
+from stagebox.server.process import stop_group as stop_process_group
 
 SSHD = Path("/usr/sbin/sshd")
 
@@ -31,14 +31,7 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
         strays = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         strays = []
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_process_group(proc, timeout)
     for child in strays:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()

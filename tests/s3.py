@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stagebox.server.process import free_port
+from stagebox.server.process import free_port, stop_group, wait_listening
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "stagebox-test",
@@ -41,25 +37,13 @@ class MotoServer:
                 start_new_session=True,
                 env={**os.environ, **CREDENTIALS},
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited early:\n{self.log_path.read_text()}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1),
-            ):
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"moto_server did not listen in {timeout:.0f}s")
+        try:
+            wait_listening(self.port, self.proc, self.log_path, timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc is not None:
+            stop_group(self.proc, timeout=10)
         self.proc = None

@@ -9,20 +9,16 @@ wrote. The tests run as root, so the account is created when missing.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stagebox.server.process import free_port
+from stagebox.server.process import free_port, stop_group, wait_listening
 
 SSHD = Path("/usr/sbin/sshd")
 STAGING_USER = "stagebox-sftp"
@@ -170,31 +166,15 @@ class StagingHost:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sshd exited early:\n{self.log_path.read_text()}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock,
-            ):
-                if sock.recv(4).startswith(b"SSH-"):
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"sshd did not listen in {timeout:.0f}s:\n{self.log_path.read_text()}")
+        try:
+            wait_listening(self.port, self.proc, self.log_path, timeout, banner=b"SSH-")
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            self.proc = None
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            stop_group(self.proc, timeout=10)
         self.proc = None
 
 

@@ -6,6 +6,7 @@ need a real server they can start, kill and restart.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -23,6 +24,45 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM the process group of ``proc`` (started with a new session), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def wait_listening(
+    port: int,
+    proc: subprocess.Popen[bytes],
+    log_path: Path,
+    timeout: float = 30.0,
+    banner: bytes = b"",
+) -> None:
+    """Wait until 127.0.0.1:``port`` accepts (and greets with ``banner``); raise,
+    with the server's log, if ``proc`` dies first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited early:\n{log_path.read_text()}")
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=1) as sock,
+        ):
+            if not banner or sock.recv(len(banner)).startswith(banner):
+                return
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"nothing listened on port {port} in {timeout:.0f}s:\n{log_path.read_text()}"
+    )
 
 
 def stagebox_cmd(*args: str) -> list[str]:
