@@ -76,12 +76,11 @@ def uploader_add(name: str) -> None:
 @uploader_app.command("list")
 def uploader_list(as_json: JsonOption = False) -> None:
     """Every uploader with its state, token count and machine."""
-    from stagebox.server.api.admin import uploader_public
     from stagebox.server.services import uploaders
 
     catalog = _catalog()
     with catalog.session() as session:
-        rows = [uploader_public(u) for u in uploaders.list_uploaders(session)]
+        rows = [uploaders.public(u) for u in uploaders.list_uploaders(session)]
     _show(rows, ("name", "uuid", "state", "tokens", "hostname", "os", "created_at"), as_json)
 
 

@@ -41,20 +41,6 @@ class Reject(BaseModel):
     reason: str
 
 
-def uploader_public(u: Any) -> dict[str, Any]:
-    return {
-        "name": u.name,
-        "uuid": u.uuid,
-        "state": "revoked" if u.revoked_at else "active",
-        "tokens": sum(1 for t in u.tokens if t.revoked_at is None),
-        "hostname": u.hostname,
-        "os": u.os,
-        "mac_address": u.mac_address,
-        "client_version": u.client_version,
-        "created_at": u.created_at.isoformat(),
-    }
-
-
 @router.get("/boxes")
 def list_boxes(ctx: CtxDep, admin: AdminDep) -> list[dict[str, Any]]:
     with ctx.catalog.session() as session:
@@ -71,7 +57,7 @@ def add_box(body: NewBox, ctx: CtxDep, admin: AdminDep) -> dict[str, Any]:
 @router.get("/uploaders")
 def list_uploaders(ctx: CtxDep, admin: AdminDep) -> list[dict[str, Any]]:
     with ctx.catalog.session() as session:
-        return [uploader_public(u) for u in uploaders.list_uploaders(session)]
+        return [uploaders.public(u) for u in uploaders.list_uploaders(session)]
 
 
 @router.post("/uploaders", status_code=201)
@@ -79,13 +65,13 @@ def add_uploader(body: NewUploader, ctx: CtxDep, admin: AdminDep) -> dict[str, A
     """Create an uploader; its token is in this answer and nowhere else."""
     with ctx.catalog.session() as session:
         uploader, token = uploaders.add_uploader(session, body.name)
-        return {**uploader_public(uploader), "token": token}
+        return {**uploaders.public(uploader), "token": token}
 
 
 @router.post("/uploaders/{name}/revoke")
 def revoke_uploader(name: str, ctx: CtxDep, admin: AdminDep) -> dict[str, Any]:
     with ctx.catalog.session() as session:
-        return uploader_public(uploaders.revoke_uploader(session, name))
+        return uploaders.public(uploaders.revoke_uploader(session, name))
 
 
 @router.get("/requests")

@@ -24,20 +24,9 @@ class RequestKey(BaseModel):
     public_key: str
 
 
-def _me(uploader: Any) -> dict[str, Any]:
-    return {
-        "uuid": uploader.uuid,
-        "name": uploader.name,
-        "hostname": uploader.hostname,
-        "os": uploader.os,
-        "mac_address": uploader.mac_address,
-        "client_version": uploader.client_version,
-    }
-
-
 @router.get("/uploader")
 def whoami(ctx: CtxDep, uploader: UploaderDep) -> dict[str, Any]:
-    return _me(uploader)
+    return uploaders.machine(uploader)
 
 
 @router.put("/uploader")
@@ -46,7 +35,7 @@ def describe(body: Describe, ctx: CtxDep, uploader: UploaderDep) -> dict[str, An
     with ctx.catalog.session() as session:
         me = session.merge(uploader)
         uploaders.describe(session, me, **body.model_dump())
-        return _me(me)
+        return uploaders.machine(me)
 
 
 @router.post("/registrations", status_code=201)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -82,6 +83,28 @@ def describe(
     uploader.client_version = _describe(client_version, "client_version", 64)
     session.flush()
     return uploader
+
+
+def machine(uploader: Uploader) -> dict[str, Any]:
+    """Who an uploader is and the machine it described (its own view of itself)."""
+    return {
+        "uuid": uploader.uuid,
+        "name": uploader.name,
+        "hostname": uploader.hostname,
+        "os": uploader.os,
+        "mac_address": uploader.mac_address,
+        "client_version": uploader.client_version,
+    }
+
+
+def public(uploader: Uploader) -> dict[str, Any]:
+    """The admin's view: the machine, plus state and live token count."""
+    return {
+        **machine(uploader),
+        "state": "revoked" if uploader.revoked_at else "active",
+        "tokens": sum(1 for t in uploader.tokens if t.revoked_at is None),
+        "created_at": uploader.created_at.isoformat(),
+    }
 
 
 def add_admin_token(session: Session, name: str) -> str:
