@@ -129,6 +129,17 @@ def run_http_big(b: Bench, result: CaseResult) -> None:
 # -- small files: stagebox upload vs rsync ----------------------------------------------
 
 
+def small_params(p: Profile) -> dict[str, Any]:
+    """What a small-files case records of its workload and rounds."""
+    return {
+        "files": p.small_files,
+        "folders": p.small_folders,
+        "file_bytes": p.small_bytes,
+        "warmups": p.warmups,
+        "runs": p.runs,
+    }
+
+
 def plan_small_files(p: Profile) -> CaseResult:
     return CaseResult(
         name="small-files",
@@ -140,13 +151,7 @@ def plan_small_files(p: Profile) -> CaseResult:
         unit="files/s",
         ratio_of="wall_s",
         targets=[Target("small files: stagebox time <= 3x rsync time", "<=", 3.0)],
-        params={
-            "files": p.small_files,
-            "folders": p.small_folders,
-            "file_bytes": p.small_bytes,
-            "warmups": p.warmups,
-            "runs": p.runs,
-        },
+        params=small_params(p),
     )
 
 
@@ -286,13 +291,7 @@ def plan_sftp_small(p: Profile) -> CaseResult:
         unit="files/s",
         ratio_of="wall_s",
         targets=[Target("sftp small files: stagebox time <= 2x rsync time", "<=", 2.0)],
-        params={
-            "files": p.small_files,
-            "folders": p.small_folders,
-            "file_bytes": p.small_bytes,
-            "warmups": p.warmups,
-            "runs": p.runs,
-        },
+        params=small_params(p),
     )
 
 

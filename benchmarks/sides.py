@@ -200,22 +200,41 @@ def _to_sshd(
     return m, dest, run_dir, err
 
 
+def _peer(
+    b: Bench,
+    tool: str,
+    label: str,
+    command: Callable[[Sshd, Path], list[str]],
+    sshd: Sshd | None,
+    files: int,
+    nbytes: int,
+) -> Record:
+    """Run a peer tool into an empty folder on ``sshd``; it must leave exactly ``files``
+    files of ``nbytes`` bytes in all there."""
+    m, dest, run_dir, err = _to_sshd(b, label, command, sshd)
+    got = count_files(dest)
+    if m.exit_code != 0 or got != (files, nbytes):
+        raise RunFailed(
+            f"{tool} ({label}) exit {m.exit_code}, got (files, bytes) {got}, "
+            f"expected {(files, nbytes)}:\n{_tail(err)}"
+        )
+    shutil.rmtree(run_dir)
+    return record(m, files=files, bytes=nbytes)
+
+
 def scp_copy(b: Bench, path: Path, label: str, sshd: Sshd | None = None) -> Record:
     """``scp`` one file into an empty folder on ``sshd`` (default: the local sshd)."""
-    m, dest, run_dir, err = _to_sshd(
+    return _peer(
         b,
+        "scp",
         label,
         lambda sshd, dest: [
             "scp", "-q", "-P", str(sshd.port), *sshd.ssh_options(), str(path), sshd.remote(dest)
         ],
         sshd,
+        1,
+        path.stat().st_size,
     )  # fmt: skip
-    got = dest / path.name
-    size = path.stat().st_size
-    if m.exit_code != 0 or not got.exists() or got.stat().st_size != size:
-        raise RunFailed(f"scp ({label}) exit {m.exit_code}, {got} not {size} bytes:\n{_tail(err)}")
-    shutil.rmtree(run_dir)
-    return record(m, files=1, bytes=size)
 
 
 def rsync_tree(
@@ -223,22 +242,17 @@ def rsync_tree(
 ) -> Record:
     """``rsync -a -e ssh`` of a tree into an empty folder on ``sshd`` (default: the local
     sshd)."""
-    m, dest, run_dir, err = _to_sshd(
+    return _peer(
         b,
+        "rsync",
         label,
         lambda sshd, dest: [
             "rsync", "-a", "-e", sshd.ssh_command(), f"{src}/", sshd.remote(dest) + "/"
         ],
         sshd,
+        files,
+        nbytes,
     )  # fmt: skip
-    got = count_files(dest)
-    if m.exit_code != 0 or got != (files, nbytes):
-        raise RunFailed(
-            f"rsync ({label}) exit {m.exit_code}, got (files, bytes) {got}, "
-            f"expected {(files, nbytes)}:\n{_tail(err)}"
-        )
-    shutil.rmtree(run_dir)
-    return record(m, files=files, bytes=nbytes)
 
 
 # -- sftp cases: stagebox over sftp and its peers, all against the staging sshd -----------
@@ -324,36 +338,23 @@ def sftp_put(b: Bench, path: Path, label: str, sshd: Sshd) -> Record:
             f"{sshd.user}@127.0.0.1",
         ]  # fmt: skip
 
-    m, dest, run_dir, err = _to_sshd(b, label, command, sshd)
-    got = dest / path.name
-    size = path.stat().st_size
-    if m.exit_code != 0 or not got.exists() or got.stat().st_size != size:
-        raise RunFailed(
-            f"sftp put ({label}) exit {m.exit_code}, {got} not {size} bytes:\n{_tail(err)}"
-        )
-    shutil.rmtree(run_dir)
-    return record(m, files=1, bytes=size)
+    return _peer(b, "sftp put", label, command, sshd, 1, path.stat().st_size)
 
 
 def scp_tree(b: Bench, src: Path, files: int, nbytes: int, label: str, sshd: Sshd) -> Record:
     """``scp -r`` of a tree into an empty folder on ``sshd``."""
-    m, dest, run_dir, err = _to_sshd(
+    return _peer(
         b,
+        "scp -r",
         label,
         lambda sshd, dest: [
             "scp", "-q", "-r", "-P", str(sshd.port), *sshd.ssh_options(), str(src),
             sshd.remote(dest),
         ],
         sshd,
+        files,
+        nbytes,
     )  # fmt: skip
-    got = count_files(dest)
-    if m.exit_code != 0 or got != (files, nbytes):
-        raise RunFailed(
-            f"scp -r ({label}) exit {m.exit_code}, got (files, bytes) {got}, "
-            f"expected {(files, nbytes)}:\n{_tail(err)}"
-        )
-    shutil.rmtree(run_dir)
-    return record(m, files=files, bytes=nbytes)
 
 
 def rclone_copy(b: Bench, src: Path, files: int, nbytes: int, label: str, sshd: Sshd) -> Record:
@@ -369,15 +370,7 @@ def rclone_copy(b: Bench, src: Path, files: int, nbytes: int, label: str, sshd: 
             "--sftp-key-file", str(sshd.key), f"{src}/", f":sftp:{dest}/",
         ]  # fmt: skip
 
-    m, dest, run_dir, err = _to_sshd(b, label, command, sshd)
-    got = count_files(dest)
-    if m.exit_code != 0 or got != (files, nbytes):
-        raise RunFailed(
-            f"rclone copy ({label}) exit {m.exit_code}, got (files, bytes) {got}, "
-            f"expected {(files, nbytes)}:\n{_tail(err)}"
-        )
-    shutil.rmtree(run_dir)
-    return record(m, files=files, bytes=nbytes)
+    return _peer(b, "rclone copy", label, command, sshd, files, nbytes)
 
 
 def cp_then_sha256(b: Bench, path: Path, label: str) -> Record:
