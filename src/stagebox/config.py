@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     s3_request_checksum_calculation: Literal["when_supported", "when_required"] = Field(
         "when_supported", description="'when_required' for S3-compatible stores that reject them"
     )
+    ingest_retries: int = Field(3, ge=0, le=20, description="retries of a failed ingest attempt")
+    ingest_backoff: float = Field(
+        10.0, ge=0, description="seconds before the first retry; doubled for each one after"
+    )
+    ingest_lease: float = Field(
+        300.0, gt=0, description="seconds a worker holds a job between checkpoints"
+    )
     public_url: str | None = Field(
         None, description="base URL clients reach; from the request if unset"
     )

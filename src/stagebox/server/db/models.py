@@ -200,3 +200,90 @@ class Replica(Base):
 
     datafile: Mapped[Datafile] = relationship(back_populates="replicas")
     box: Mapped[StorageBox] = relationship()
+
+
+class IngestStatus(enum.StrEnum):
+    pending = "pending"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class IngestStage(enum.StrEnum):
+    """The stages of one bag, in order; ``done`` once cleanup has run."""
+
+    stage = "stage"
+    validate = "validate"
+    verify = "verify"
+    store = "store"
+    record = "record"
+    cleanup = "cleanup"
+    done = "done"
+
+
+class IngestJob(Base):
+    """One tarred bag taken from a receiving box into staging and then storage.
+
+    ``stage`` is the next stage to run; a stage is recorded only once it has
+    finished, so an attempt killed at any point resumes at that stage.
+    """
+
+    __tablename__ = "ingest_jobs"
+    __table_args__ = (
+        UniqueConstraint("receiving_box_id", "bag", "etag"),
+        Index("ix_ingest_jobs_status", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The tar's key in the receiving box, and the bag's name (the key's stem).
+    bag: Mapped[str] = mapped_column(String(1024))
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    etag: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    receiving_box_id: Mapped[int] = mapped_column(ForeignKey("storage_boxes.id"))
+    staging_box_id: Mapped[int] = mapped_column(ForeignKey("storage_boxes.id"))
+    permanent_box_id: Mapped[int] = mapped_column(ForeignKey("storage_boxes.id"))
+    profile: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    delete_received: Mapped[bool] = mapped_column(Boolean, default=False)
+    stage: Mapped[str] = mapped_column(String(16), default=IngestStage.stage)
+    status: Mapped[str] = mapped_column(String(16), default=IngestStatus.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_staged: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What the tar reader refused while staging, kept for the validate stage.
+    problems: Mapped[list[str]] = mapped_column(JSON, default=list)
+    errors: Mapped[list[str]] = mapped_column(JSON, default=list)
+    error_count: Mapped[int] = mapped_column(Integer, default=0)
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    superseded_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class IngestFile(Base):
+    """One regular file of a bag: where it was staged, its digests, where it is kept."""
+
+    __tablename__ = "ingest_files"
+    __table_args__ = (UniqueConstraint("job_id", "path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("ingest_jobs.id"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    uuid: Mapped[str] = mapped_column(String(36))
+    size: Mapped[int] = mapped_column(BigInteger)
+    is_tag: Mapped[bool] = mapped_column(Boolean, default=False)
+    md5: Mapped[str] = mapped_column(String(32))
+    sha1: Mapped[str] = mapped_column(String(40))
+    sha256: Mapped[str] = mapped_column(String(64))
+    sha512: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default="staged")
+    # Where the file is kept once stored (the permanent box and its key).
+    stored_box_id: Mapped[int | None] = mapped_column(ForeignKey("storage_boxes.id"), nullable=True)
+    stored_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    staged_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    stored_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
