@@ -1,0 +1,333 @@
+"""Read a tarred bag once, as a stream, yielding only entries safe to unpack.
+
+The ingest worker hashes and stages each regular file as it passes; nothing is
+unpacked to disk and nothing is read twice. Plain, gzip, bzip2 and xz tars are
+recognised by their first bytes. Every refused entry and every structural fault
+(a truncated or corrupt archive, an empty one) becomes a :class:`Problem` in
+:attr:`TarBag.problems`; bad input never raises.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, BinaryIO, cast
+
+from stagebox.ingest.bagtree import BagTree, shown
+from stagebox.ingest.problems import Problem
+
+CHUNK = 1 << 20
+
+# What a damaged archive raises from tarfile and the decompressors. The source
+# stream's own OSErrors are wrapped in _SourceFailed first, so they still raise.
+_DAMAGE = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+
+_REFUSED_TYPES = {
+    tarfile.SYMTYPE: "symlink",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+    tarfile.FIFOTYPE: "FIFO (named pipe)",
+}
+
+
+@dataclass(frozen=True)
+class Member:
+    """A regular file of the bag.
+
+    ``path`` is relative to the bag's top-level directory, '/'-separated, as
+    named in the tar (no Unicode normalisation), e.g. ``"data/a/b.txt"``.
+    """
+
+    path: str
+    size: int
+    mtime: float
+
+
+class _SourceFailed(Exception):
+    """The caller's stream raised OSError: not the archive's fault, so re-raised."""
+
+
+class _Source(io.RawIOBase):
+    """The caller's stream with its first bytes put back after sniffing."""
+
+    def __init__(self, stream: BinaryIO, head: bytes) -> None:
+        self._stream = stream
+        self._head = head
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        try:
+            data = self._stream.read(len(buffer))
+        except OSError as exc:
+            raise _SourceFailed() from exc
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _read_head(stream: BinaryIO, size: int) -> bytes:
+    head = b""
+    try:
+        while len(head) < size:
+            data = stream.read(size - len(head))
+            if not data:
+                break
+            head += data
+    except OSError as exc:
+        raise _SourceFailed() from exc
+    return head
+
+
+def _decompressed(stream: BinaryIO) -> tuple[BinaryIO, str | None]:
+    """The tar bytes of ``stream`` and the compression found, by magic number."""
+    head = _read_head(stream, 6)
+    source = cast(BinaryIO, io.BufferedReader(_Source(stream, head), CHUNK))
+    if head.startswith(b"\x1f\x8b"):
+        # GzipFile rather than tarfile's "r|gz": it checks the CRC and length.
+        return cast(BinaryIO, gzip.GzipFile(fileobj=source, mode="rb")), "gzip"
+    if head.startswith(b"BZh"):
+        return cast(BinaryIO, bz2.BZ2File(source)), "bzip2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return cast(BinaryIO, lzma.LZMAFile(source)), "xz"
+    return source, None
+
+
+# Why tarfile stopped reading headers, by the exception's name (typeshed lacks them).
+_HEADER_ENDS = {
+    "EOFHeaderError": "end",
+    "EmptyHeaderError": "missing end-of-archive marker",
+    "TruncatedHeaderError": "cut inside a header",
+}
+
+
+def _open_tar(tar_bytes: BinaryIO, events: list[str]) -> tarfile.TarFile:
+    return tarfile.open(
+        fileobj=tar_bytes,
+        mode="r|",
+        encoding="utf-8",
+        errors="surrogateescape",
+        tarinfo=_recording_tarinfo(events),
+    )
+
+
+def _recording_tarinfo(events: list[str]) -> type[tarfile.TarInfo]:
+    """A TarInfo class noting why each header read ended.
+
+    In stream mode tarfile ends iteration quietly on a missing end-of-archive
+    marker, a partial header or a garbled one; only the all-zero block is a
+    proper end. The note tells them apart.
+    """
+
+    class RecordingTarInfo(tarfile.TarInfo):
+        @classmethod
+        def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> RecordingTarInfo:
+            try:
+                info = super().frombuf(buf, encoding, errors)
+            except tarfile.HeaderError as exc:
+                kind = type(exc).__name__
+                events.append(_HEADER_ENDS.get(kind, f"corrupt header ({exc})"))
+                raise
+            events.append("header")
+            return info
+
+    return RecordingTarInfo
+
+
+class _MemberReader(io.BufferedIOBase):
+    """Exactly one member's bytes; a short or failed read marks the tar truncated."""
+
+    def __init__(self, raw: IO[bytes], member: Member, owner: TarBag) -> None:
+        self._raw = raw
+        self._member = member
+        self._owner = owner
+        self.position = 0
+        self.failed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self._member.size - self.position
+        if self.failed or left <= 0:
+            return b""
+        if size is None or size < 0:
+            chunks = []
+            while data := self.read(CHUNK):
+                chunks.append(data)
+            return b"".join(chunks)
+        try:
+            data = self._raw.read(min(size, left))
+        except _SourceFailed as exc:
+            raise exc.__cause__ from None  # type: ignore[misc]
+        except _DAMAGE as exc:
+            reason = str(exc) or type(exc).__name__
+            self._fail(reason, cut=isinstance(exc, EOFError) or "unexpected end" in reason)
+            return b""
+        if not data:
+            self._fail("unexpected end of data")
+        self.position += len(data)
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size if size >= 0 else CHUNK)
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _fail(self, reason: str, *, cut: bool = True) -> None:
+        self.failed = True
+        name = shown(self._owner.top or "") + "/" + shown(self._member.path)
+        self._owner.truncated(
+            f"it ends inside {name} after {self.position} of {self._member.size} bytes ({reason})",
+            corrupt=not cut,
+        )
+
+
+class TarBag:
+    """Reads a tarred bag once and yields its safe regular files.
+
+    ``top`` is the bag's single top-level directory once an entry named it;
+    ``dirs`` the directories seen under it (``"data"``, ``"data/a"``);
+    ``problems`` every refused entry and structural error, in order;
+    ``compression`` is ``"gzip"``, ``"bzip2"``, ``"xz"`` or None.
+    ``name`` (default ``"<tar>"``) names the archive in structural problems.
+    """
+
+    def __init__(self, stream: BinaryIO, name: str | None = None) -> None:
+        self._stream = stream
+        self.name = name or "<tar>"
+        self._tree = BagTree()
+        self.problems: list[Problem] = self._tree.problems
+        self.compression: str | None = None
+        self._started = False
+
+    @property
+    def top(self) -> str | None:
+        return self._tree.top
+
+    @property
+    def dirs(self) -> set[str]:
+        return self._tree.dirs
+
+    def truncated(self, detail: str, *, corrupt: bool = False) -> None:
+        """Record that the archive ends early (or is damaged); iteration stops."""
+        kind = "corrupt tar" if corrupt else "truncated tar"
+        self.problems.append(Problem(self.name, f"{kind}: {detail}"))
+
+    def __iter__(self) -> Iterator[tuple[Member, BinaryIO]]:
+        """Yield ``(member, reader)`` for each safe regular file, in tar order.
+
+        The reader gives exactly ``member.size`` bytes and must be read, or
+        abandoned, before the next item is asked for. Refused entries are
+        recorded in :attr:`problems` and never yielded; iteration goes on past
+        them. A truncated or corrupt tar records one problem and ends iteration:
+        when the data of a yielded member is cut short, its reader returns what
+        was there and then ``b""``. Only the caller's stream raising OSError
+        raises here. A TarBag is iterated once.
+        """
+        if self._started:
+            raise RuntimeError("a TarBag reads its stream once")
+        self._started = True
+        try:
+            yield from self._members()
+        except _SourceFailed as exc:
+            raise exc.__cause__ from None  # type: ignore[misc]
+
+    def _members(self) -> Iterator[tuple[Member, BinaryIO]]:
+        events: list[str] = []
+        try:
+            tar_bytes, self.compression = _decompressed(self._stream)
+            archive = _open_tar(tar_bytes, events)
+        except _DAMAGE as exc:
+            self._damaged(exc, None, events)
+            return
+        count = 0
+        last: str | None = None
+        with archive:
+            while True:
+                try:
+                    info = archive.next()
+                except _DAMAGE as exc:
+                    self._damaged(exc, last, events)
+                    return
+                if info is None:
+                    break
+                # Stream mode would keep every header read in memory otherwise.
+                archive.members = []  # type: ignore[attr-defined]
+                count += 1
+                last = info.name
+                member = self._admit(info)
+                if member is None:
+                    continue
+                raw = archive.extractfile(info)
+                assert raw is not None  # a regular file always has a reader
+                reader = _MemberReader(raw, member, self)
+                yield member, cast(BinaryIO, reader)
+                if reader.failed:
+                    return
+            if count == 0:
+                self.problems.append(Problem(self.name, "empty tar: it has no entries"))
+                return
+            if events and events[-1] != "end":
+                after = shown(last) if last is not None else "the start"
+                self.truncated(f"{events[-1]} after {after}")
+                return
+            self._drain(tar_bytes)
+
+    def _drain(self, tar_bytes: BinaryIO) -> None:
+        # Reading to the end makes a compressor check its trailer (gzip's CRC).
+        try:
+            while tar_bytes.read(CHUNK):
+                pass
+        except _DAMAGE as exc:
+            self.truncated(
+                f"the {self.compression} stream after the archive: {exc}",
+                corrupt=not isinstance(exc, EOFError),
+            )
+
+    def _damaged(self, exc: BaseException, last: str | None, events: list[str]) -> None:
+        if last is None and isinstance(exc, tarfile.ReadError) and "empty file" in str(exc):
+            self.problems.append(Problem(self.name, "empty tar: it has no entries"))
+            return
+        where = f"after {shown(last)}" if last is not None else "at the start"
+        if events and events[-1].startswith("corrupt header"):
+            self.truncated(f"{events[-1]} {where}", corrupt=True)
+            return
+        reason = str(exc) or type(exc).__name__
+        cut = isinstance(exc, EOFError) or "unexpected end" in reason or "truncated" in reason
+        self.truncated(f"{reason} {where}", corrupt=not cut)
+
+    def _admit(self, info: tarfile.TarInfo) -> Member | None:
+        tree = self._tree
+        if info.isdir():
+            tree.admit_dir(info.name)
+            return None
+        if not info.isreg():
+            kind = _REFUSED_TYPES.get(info.type)
+            if kind is None:
+                rule = f"unsupported entry type {info.type!r}"
+            elif info.issym() or info.islnk():
+                rule = f"{kind} to {shown(info.linkname)}"
+            else:
+                rule = kind
+            tree.refuse(info.name, f"{rule}: a bag holds only regular files and directories")
+            return None
+        path = tree.admit_file(info.name)
+        if path is None:
+            return None
+        return Member(path, info.size, float(info.mtime))
