@@ -219,6 +219,14 @@ def _no_data_dir(bag: Path) -> None:
     (bag / "data").rmdir()
 
 
+def _empty_payload(bag: Path) -> None:
+    for path in sorted((bag / "data").rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    for manifest in bag.glob("manifest-*.txt"):
+        manifest.write_text("")
+    set_tag(bag, "bag-info.txt", "Payload-Oxum", "0.0")
+
+
 def _folded_tag(bag: Path) -> None:
     with (bag / "bag-info.txt").open("a", encoding="utf-8") as f:
         f.write("External-Description: a long description\n  folded onto a second line\n")
@@ -237,6 +245,7 @@ BREAKAGES: dict[str, tuple[Breakage | None, bool]] = {
     "fetch_present": (_fetch_present, True),
     "manifest_comments_and_repeats": (_manifest_comments_and_repeats, True),
     "folded_tag": (_folded_tag, True),
+    "empty_payload": (_empty_payload, True),
     "wrong_digest": (_wrong_digest, False),
     "one_algorithm_wrong": (_one_algorithm_wrong, False),
     "extra_payload": (_extra_payload, False),

@@ -17,7 +17,7 @@ import tarfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, BinaryIO, cast
+from typing import IO, BinaryIO, Protocol, cast
 
 from stagebox.ingest.bagtree import BagTree, shown
 from stagebox.ingest.problems import Problem
@@ -35,6 +35,12 @@ _REFUSED_TYPES = {
     tarfile.BLKTYPE: "block device",
     tarfile.FIFOTYPE: "FIFO (named pipe)",
 }
+
+
+class ByteSource(Protocol):
+    """Anything with ``read(size) -> bytes``: a file, a socket file, a counting wrapper."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ class _SourceFailed(Exception):
 class _Source(io.RawIOBase):
     """The caller's stream with its first bytes put back after sniffing."""
 
-    def __init__(self, stream: BinaryIO, head: bytes) -> None:
+    def __init__(self, stream: ByteSource, head: bytes) -> None:
         self._stream = stream
         self._head = head
 
@@ -78,7 +84,7 @@ class _Source(io.RawIOBase):
         return len(data)
 
 
-def _read_head(stream: BinaryIO, size: int) -> bytes:
+def _read_head(stream: ByteSource, size: int) -> bytes:
     head = b""
     try:
         while len(head) < size:
@@ -91,7 +97,7 @@ def _read_head(stream: BinaryIO, size: int) -> bytes:
     return head
 
 
-def _decompressed(stream: BinaryIO) -> tuple[BinaryIO, str | None]:
+def _decompressed(stream: ByteSource) -> tuple[BinaryIO, str | None]:
     """The tar bytes of ``stream`` and the compression found, by magic number."""
     head = _read_head(stream, 6)
     source = cast(BinaryIO, io.BufferedReader(_Source(stream, head), CHUNK))
@@ -208,7 +214,7 @@ class TarBag:
     ``name`` (default ``"<tar>"``) names the archive in structural problems.
     """
 
-    def __init__(self, stream: BinaryIO, name: str | None = None) -> None:
+    def __init__(self, stream: ByteSource, name: str | None = None) -> None:
         self._stream = stream
         self.name = name or "<tar>"
         self._tree = BagTree()

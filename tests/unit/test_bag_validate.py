@@ -1,0 +1,460 @@
+"""The BagIt validator: every error names the entry and the rule, and all are collected."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from stagebox.ingest import bagread
+from stagebox.ingest.bagit import ALGORITHMS, BagEntry, Problem, Report, validate, validate_path
+from tests.bags import TarBuilder, broken_bag, make_bag_dir, set_version, to_tar, to_zip
+
+
+def errors(report: Report) -> list[str]:
+    return [str(p) for p in report.errors]
+
+
+def warnings(report: Report) -> list[str]:
+    return [str(p) for p in report.warnings]
+
+
+def has(lines: list[str], prefix: str) -> bool:
+    return any(line.startswith(prefix) for line in lines)
+
+
+FORMS = {
+    "dir": lambda bag: bag,
+    "tar": to_tar,
+    "tar.gz": lambda bag: to_tar(bag, compression="gz"),
+    "zip": to_zip,
+}
+
+
+# -- good bags -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_bag_made_by_bagit_python_is_valid_in_every_form(tmp_path, form):
+    bag = make_bag_dir(tmp_path, algorithms=("md5", "sha1", "sha256", "sha512"))
+
+    report = validate_path(FORMS[form](bag))
+
+    assert errors(report) == [] and warnings(report) == []
+    assert report.valid
+    assert (report.payload_files, report.payload_bytes) == (5, 10269)
+
+
+@pytest.mark.parametrize("version", ["0.97", "1.0", "0.96"])
+def test_bags_of_each_supported_version_are_valid(tmp_path, version):
+    bag = make_bag_dir(tmp_path)  # bagit-python writes 0.97
+    set_version(bag, version)
+
+    assert errors(validate_path(to_tar(bag))) == []
+
+
+def test_an_0_95_bag_keeps_its_metadata_in_package_info(tmp_path):
+    bag = broken_bag(tmp_path, "version_0_95")
+
+    assert errors(validate_path(bag)) == []
+
+
+def test_a_bag_with_an_empty_payload_directory_and_manifest_is_valid(tmp_path):
+    bag = broken_bag(tmp_path, "empty_payload")
+
+    for form in ("dir", "tar", "zip"):
+        assert errors(validate_path(FORMS[form](bag))) == [], form
+
+
+def test_only_the_manifests_algorithms_are_hashed_for_a_directory(tmp_path):
+    bag = make_bag_dir(tmp_path, algorithms=("sha256",))
+
+    read = bagread.read_bag(bag)
+
+    assert set(read.entries["data/a.txt"].digests) == {"sha256"}
+    assert set(bagread.read_bag(to_tar(bag)).entries["data/a.txt"].digests) == set(ALGORITHMS)
+
+
+# -- bad bags: each error names the entry and the rule ---------------------------
+
+
+def test_a_missing_manifest(tmp_path):
+    report = validate_path(to_tar(broken_bag(tmp_path, "missing_manifests")))
+
+    assert "no payload manifest: BagIt requires a manifest-<algorithm>.txt" in errors(report)
+
+
+def test_a_wrong_digest_names_the_file_the_algorithm_and_both_digests(tmp_path):
+    report = validate_path(to_tar(broken_bag(tmp_path, "wrong_digest")))
+
+    good = hashlib.sha256(b"alpha\n").hexdigest()
+    bad = hashlib.sha256(b"ALPHA\n").hexdigest()
+    assert (
+        f"data/a.txt: sha256 digest mismatch: manifest-sha256.txt says {good}, file has {bad}"
+        in errors(report)
+    )
+    assert len(errors(report)) == 3  # md5, sha256 and sha512 all disagree
+
+
+def test_an_extra_payload_file(tmp_path):
+    report = validate_path(to_tar(broken_bag(tmp_path, "extra_payload")))
+
+    assert (
+        "data/new.txt: payload file not listed in manifest-md5.txt, manifest-sha256.txt, "
+        "manifest-sha512.txt"
+    ) in errors(report)
+
+
+def test_a_payload_file_missing_from_just_one_manifest(tmp_path):
+    bag = make_bag_dir(tmp_path)
+    manifest = bag / "manifest-sha512.txt"
+    kept = [line for line in manifest.read_text().splitlines() if "data/a.txt" not in line]
+    manifest.write_text("\n".join(kept) + "\n")
+
+    report = validate_path(bag)
+
+    assert has(errors(report), "data/a.txt: payload file not listed in manifest-sha512.txt")
+
+
+def test_a_missing_payload_file(tmp_path):
+    report = validate_path(to_tar(broken_bag(tmp_path, "missing_payload")))
+
+    assert has(errors(report), "data/a.txt: listed in manifest-md5.txt, manifest-sha256.txt")
+    assert has(errors(report), "bag-info.txt: Payload-Oxum 10269.5 does not match the payload")
+
+
+def test_no_bagit_txt(tmp_path):
+    report = validate_path(to_tar(broken_bag(tmp_path, "no_bagit_txt")))
+
+    assert "bagit.txt: missing (required by BagIt)" in errors(report)
+
+
+def test_a_payload_oxum_mismatch(tmp_path):
+    report = validate_path(to_tar(broken_bag(tmp_path, "oxum_mismatch")))
+
+    assert errors(report) == [
+        "bag-info.txt: Payload-Oxum 999.5 does not match the payload: 10269 bytes in 5 files"
+    ]
+
+
+def test_a_tag_manifest_mismatch(tmp_path):
+    report = validate_path(to_tar(broken_bag(tmp_path, "tag_manifest_mismatch")))
+
+    assert has(errors(report), "bag-info.txt: sha256 digest mismatch: tagmanifest-sha256.txt says")
+
+
+def test_a_tag_file_listed_in_a_tag_manifest_but_missing(tmp_path):
+    bag = make_bag_dir(tmp_path)
+    with (bag / "tagmanifest-sha256.txt").open("a") as f:
+        f.write(f"{'0' * 64} extra/notes.txt\n")
+
+    assert has(errors(validate_path(bag)), "extra/notes.txt: listed in tagmanifest-sha256.txt")
+
+
+def test_a_fetched_file_that_is_present_is_fine_without_a_profile(tmp_path):
+    assert errors(validate_path(to_tar(broken_bag(tmp_path, "fetch_present")))) == []
+
+
+def test_a_file_listed_in_fetch_txt_but_absent_makes_the_bag_incomplete(tmp_path):
+    report = validate_path(to_tar(broken_bag(tmp_path, "fetch_absent")))
+
+    assert (
+        "data/a.txt: listed in manifest-md5.txt, manifest-sha256.txt, manifest-sha512.txt but "
+        "missing from the payload (listed in fetch.txt: the bag must be fetched first)"
+    ) in errors(report)
+
+
+def test_fetch_txt_lines_are_checked(tmp_path):
+    bag = make_bag_dir(tmp_path)
+    (bag / "fetch.txt").write_text(
+        "not-a-url 6 data/a.txt\n"
+        "https://example.org/x six data/a.txt\n"
+        "https://example.org/x 1 ../../etc/passwd\n"
+        "https://example.org/x 1 bagit.txt\n"
+        "https://example.org/x - data/unlisted.txt\n"
+        "only two\n"
+    )
+
+    lines = errors(validate_path(bag))
+
+    assert "fetch.txt: line 1: malformed URL not-a-url" in lines
+    assert "fetch.txt: line 2: the length must be a number of bytes or '-', not six" in lines
+    assert has(lines, "fetch.txt: line 3: the path ../../etc/passwd climbs out of the bag")
+    assert "fetch.txt: line 4: bagit.txt is not a payload file (not under data/)" in lines
+    assert has(lines, "data/unlisted.txt: listed in fetch.txt but not in manifest-md5.txt")
+    assert has(lines, "fetch.txt: line 6: not a 'URL LENGTH PATH' line")
+
+
+def test_a_manifest_path_that_escapes_the_bag(tmp_path):
+    report = validate_path(broken_bag(tmp_path, "manifest_escapes"))
+
+    assert (
+        "manifest-sha256.txt: line 6: the path ../outside.txt climbs out of the bag with '..'"
+        in errors(report)
+    )
+
+
+def test_malformed_manifest_lines_and_unsupported_algorithms(tmp_path):
+    bag = make_bag_dir(tmp_path)
+    with (bag / "manifest-sha256.txt").open("a") as f:
+        f.write("justadigest\n")
+    (bag / "manifest-sha224.txt").write_text("")
+
+    lines = errors(validate_path(bag))
+
+    assert "manifest-sha256.txt: line 6: not a 'DIGEST PATH' line: justadigest" in lines
+    assert has(lines, "manifest-sha224.txt: unsupported algorithm sha224 for a payload manifest")
+
+
+def test_an_unsupported_version_and_a_bom_in_bagit_txt(tmp_path):
+    assert has(
+        errors(validate_path(broken_bag(tmp_path / "a", "version_2_0"))), "bagit.txt: unsupp"
+    )
+    bom = errors(validate_path(broken_bag(tmp_path / "b", "bagit_txt_bom")))
+    assert bom == ["bagit.txt: must not start with a byte-order mark"]
+
+
+def test_unsafe_tar_entries_make_the_bag_invalid(tmp_path):
+    bag = make_bag_dir(tmp_path)
+    tar = (
+        TarBuilder(tmp_path / "bag1.tar")
+        .bag(bag)
+        .special("bag1/data/link", tarfile.SYMTYPE, "../../etc/passwd")
+        .special("bag1/data/hard", tarfile.LNKTYPE, "bag1/data/a.txt")
+        .special("bag1/data/tty", tarfile.CHRTYPE)
+        .special("bag1/data/fifo", tarfile.FIFOTYPE)
+        .file("bag1/data/../../escape.txt")
+        .file("/abs.txt")
+        .file("bag1/data/bell\a.txt")
+        .file("bag1/data/a.txt", b"alpha\n")
+        .file("bag2/data/x.txt")
+        .close()
+    )
+
+    report = validate_path(tar)
+
+    assert errors(report) == [
+        "bag1/data/link: symlink to ../../etc/passwd: a bag holds only regular files and "
+        "directories",
+        "bag1/data/hard: hard link to bag1/data/a.txt: a bag holds only regular files and "
+        "directories",
+        "bag1/data/tty: character device: a bag holds only regular files and directories",
+        "bag1/data/fifo: FIFO (named pipe): a bag holds only regular files and directories",
+        "bag1/data/../../escape.txt: '..' in the path: the entry would land outside the bag",
+        "/abs.txt: absolute path: the entry would land outside the bag",
+        "bag1/data/bell\\x07.txt: control character U+0007 in the name",
+        "bag1/data/a.txt: duplicate entry: the path appeared earlier; this copy is refused",
+        "bag2/data/x.txt: two top-level directories: bag1 and bag2",
+    ]  # the bag itself is fine: only the refused entries are wrong
+
+
+def test_a_truncated_tar_is_invalid(tmp_path):
+    whole = to_tar(make_bag_dir(tmp_path)).read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole[: len(whole) // 2])
+
+    report = validate_path(cut)
+
+    assert has(errors(report), "cut.tar: truncated tar: ")
+    assert not report.valid
+
+
+def test_a_directory_bag_refuses_symlinks(tmp_path):
+    bag = make_bag_dir(tmp_path)
+    os.symlink("/etc/passwd", bag / "data/link")
+
+    assert has(errors(validate_path(bag)), "data/link: symlink to /etc/passwd")
+
+
+def test_a_zip_refuses_symlinks_and_escaping_names(tmp_path):
+    import zipfile
+
+    dest = to_zip(make_bag_dir(tmp_path))
+    with zipfile.ZipFile(dest, "a") as archive:
+        link = zipfile.ZipInfo("bag1/data/link")
+        link.create_system = 3
+        link.external_attr = 0o120777 << 16
+        archive.writestr(link, "/etc/passwd")
+        archive.writestr("bag1/../evil.txt", "x")
+
+    lines = errors(validate_path(dest))
+
+    assert has(lines, "bag1/data/link: symlink: a bag holds only regular files")
+    assert has(lines, "bag1/../evil.txt: '..' in the path")
+
+
+def test_every_error_is_collected_not_only_the_first(tmp_path):
+    bag = make_bag_dir(tmp_path)
+    (bag / "data/a.txt").write_bytes(b"ALPHA\n")
+    (bag / "data/with space.txt").unlink()
+    (bag / "data/new.txt").write_bytes(b"new")
+    with (bag / "bag-info.txt").open("a") as f:
+        f.write("no colon here\n")
+
+    lines = errors(validate_path(bag))
+
+    assert has(lines, "data/a.txt: md5 digest mismatch")
+    assert has(lines, "data/with space.txt: listed in")
+    assert has(lines, "data/new.txt: payload file not listed")
+    assert has(lines, "bag-info.txt: line 5: not a 'Label: value' tag line")
+    assert has(lines, "bag-info.txt: md5 digest mismatch: tagmanifest-md5.txt")
+
+
+# -- fast ------------------------------------------------------------------------
+
+
+def test_fast_compares_no_digest_but_still_checks_completeness_and_oxum(tmp_path):
+    assert errors(validate_path(broken_bag(tmp_path / "a", "wrong_digest"), fast=True)) == []
+    extra = errors(validate_path(broken_bag(tmp_path / "b", "extra_payload"), fast=True))
+    assert has(extra, "data/new.txt: payload file not listed")
+    assert has(extra, "bag-info.txt: Payload-Oxum")
+
+
+# -- validate() on recorded entries, as the ingest worker calls it ---------------
+
+
+def recorded(bag: Path) -> tuple[dict[str, BagEntry], dict[str, bytes]]:
+    entries, tags = {}, {}
+    for path in sorted(bag.rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(bag).as_posix()
+            data = path.read_bytes()
+            digests = {a: hashlib.new(a, data).hexdigest() for a in ALGORITHMS}
+            entries[rel] = BagEntry(rel, len(data), digests)
+            if not rel.startswith("data/"):
+                tags[rel] = data
+    return entries, tags
+
+
+def test_validate_reads_only_top_level_tag_files_through_read_tag(tmp_path):
+    entries, tags = recorded(make_bag_dir(tmp_path))
+    asked: list[str] = []
+
+    def read_tag(path: str) -> bytes:
+        asked.append(path)
+        return tags[path]
+
+    report = validate(entries, read_tag, serialization="tar")
+
+    assert report.valid
+    assert sorted(set(asked)) == sorted(tags)  # bagit.txt, bag-info.txt and the manifests
+    assert not any(p.startswith("data/") for p in asked)
+
+
+def test_structural_problems_come_first_and_make_the_bag_invalid(tmp_path):
+    entries, tags = recorded(make_bag_dir(tmp_path))
+
+    report = validate(entries, tags.__getitem__, structural=[Problem("x.tar", "truncated tar: …")])
+
+    assert errors(report) == ["x.tar: truncated tar: …"]
+
+
+def test_a_read_error_on_a_tag_file_is_an_error_not_an_exception(tmp_path):
+    entries, tags = recorded(make_bag_dir(tmp_path))
+
+    def read_tag(path: str) -> bytes:
+        if path == "manifest-sha256.txt":
+            raise OSError("staging box is gone")
+        return tags[path]
+
+    assert "manifest-sha256.txt: could not be read: staging box is gone" in errors(
+        validate(entries, read_tag)
+    )
+
+
+def test_a_tag_file_too_large_to_keep_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(bagread, "TAG_FILE_LIMIT", 100)
+
+    lines = errors(validate_path(make_bag_dir(tmp_path)))
+
+    assert has(lines, "manifest-sha512.txt: could not be read: larger than")
+
+
+def test_missing_digests_are_errors_unless_fast(tmp_path):
+    entries, tags = recorded(make_bag_dir(tmp_path))
+    bare = {p: BagEntry(p, e.size) for p, e in entries.items()}
+
+    assert has(errors(validate(bare, tags.__getitem__)), "data/a.txt: no md5 digest was recorded")
+    assert validate(bare, tags.__getitem__, fast=True).valid
+
+
+def test_an_empty_payload_needs_the_reader_to_have_seen_data(tmp_path):
+    entries, tags = recorded(broken_bag(tmp_path, "empty_payload"))
+
+    assert errors(validate(entries, tags.__getitem__)) == [
+        "data/: missing (required by BagIt: the payload directory)"
+    ]
+    assert validate(entries, tags.__getitem__, payload_dir=True).valid
+
+
+def test_names_that_differ_only_by_case_or_normalisation_are_warnings(tmp_path):
+    nfc = unicodedata.normalize("NFC", "café.txt")
+    nfd = unicodedata.normalize("NFD", "café.txt")
+    payload = {"README.txt": b"1", "readme.txt": b"2", nfc: b"3", nfd: b"4"}
+    entries, tags = recorded(make_bag_dir(tmp_path, payload=payload))
+
+    report = validate(entries, tags.__getitem__)
+
+    assert report.valid
+    assert sorted(warnings(report)) == [
+        f"data/{nfc}: differs from data/{nfd} only by Unicode normalisation (NFC/NFD): "
+        "the two collide on some file systems",
+        "data/readme.txt: differs from data/README.txt only by letter case: "
+        "the two collide on some file systems",
+    ]
+
+
+def test_a_manifest_name_that_differs_from_the_file_by_normalisation_is_an_error(tmp_path):
+    report = validate_path(broken_bag(tmp_path, "manifest_nfd"))
+
+    assert len(report.errors) == 1
+    assert "differs in Unicode normalisation (NFC/NFD): rename one to match" in errors(report)[0]
+
+
+def test_version_1_0_decodes_percent_encoded_manifest_paths(tmp_path):
+    payload = {"100%.txt": b"percent", "two\nlines.txt": b"newline"}
+    entries, tags = recorded(make_bag_dir(tmp_path, payload=payload, algorithms=("sha256",)))
+    manifest = "".join(
+        f"{entries[p].digests['sha256']}  {p.replace('%', '%25').replace(chr(10), '%0A')}\n"
+        for p in entries
+        if p.startswith("data/")
+    )
+    tags["manifest-sha256.txt"] = manifest.encode()
+    tags["bagit.txt"] = b"BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
+    del entries["tagmanifest-sha256.txt"]
+
+    assert errors(validate(entries, tags.__getitem__)) == []
+
+
+def test_error_lines_are_capped_with_a_count_of_the_rest():
+    report = Report(errors=[Problem(f"data/{i}", "bad") for i in range(7)])
+
+    assert report.error_lines(cap=3) == ["data/0: bad", "data/1: bad", "data/2: bad",
+                                         "... and 4 more errors"]  # fmt: skip
+    assert len(report.error_lines()) == 7
+    assert str(Problem("", "empty tar")) == "empty tar"
+
+
+def test_a_tar_whose_top_directory_is_not_named_like_it_gets_a_warning(tmp_path):
+    tar = to_tar(make_bag_dir(tmp_path), tmp_path / "deposit-7.tar")
+
+    report = validate_path(tar)
+
+    assert report.valid
+    assert warnings(report) == [
+        "the top-level directory bag1 is not named like the archive (deposit-7)"
+    ]
+
+
+def test_a_path_that_is_no_bag_at_all_is_invalid_input(tmp_path):
+    from stagebox.errors import InvalidInput
+
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(InvalidInput, match="not a directory, tar or zip"):
+        validate_path(tmp_path / "notes.txt")
+    with pytest.raises(InvalidInput, match="No such file"):
+        validate_path(tmp_path / "missing.tar")
