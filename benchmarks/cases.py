@@ -12,10 +12,19 @@ import os
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from shutil import which
 from typing import Any
 
+from benchmarks.ingest import (
+    SIZES,
+    bag_tar,
+    local_boxes,
+    moto_boxes,
+    needs_ingest,
+    stagebox_ingest,
+    tar_then_sha256,
+)
 from benchmarks.servers import SSHD, SftpStage
 from benchmarks.sides import (
     Bench,
@@ -337,6 +346,70 @@ def run_sftp_memory(b: Bench, result: CaseResult) -> None:
         alternate(b, result, sides, b.profile.mem_warmups, b.profile.sftp_mem_runs)
 
 
+# -- ingest: stagebox ingest run of a tarred bag vs tar -xf + sha256sum -------------------
+
+
+def plan_ingest(p: Profile) -> CaseResult:
+    sizes = SIZES[p.name]
+    big, small, s3 = sizes.big, sizes.small, sizes.s3
+
+    def worker_rss(side: str, where: str) -> Target:
+        label = f"ingest: worker peak RSS <= 200 MiB, {where}"
+        return Target(label, "<=", 200, "MiB", side=side, field="client_peak_rss", scale=MiB)
+
+    return CaseResult(
+        name="ingest",
+        title=(
+            f"ingest: stagebox ingest run of a tarred BagIt {big.title} on local boxes vs "
+            f"tar -xf + sha256sum of every file; the worker's (client's) peak RSS also for a "
+            f"{small.title} and on S3 boxes (moto) for a {s3.title}"
+        ),
+        sides=["stagebox", "tar -xf + sha256sum", "stagebox small", "stagebox s3"],
+        ratio_of="wall_s",
+        targets=[
+            Target("ingest: stagebox time <= 2x tar -xf + sha256sum time", "<=", 2.0),
+            Target(
+                "ingest: bytes read from receiving <= 1.02x the tar",
+                "<=",
+                1.02,
+                side="stagebox",
+                field="read_ratio",
+            ),
+            worker_rss("stagebox", f"local boxes, {big.title}"),
+            worker_rss("stagebox small", f"local boxes, {small.title}"),
+            worker_rss("stagebox s3", f"S3 boxes on moto, {s3.title}"),
+        ],
+        params={
+            "bags": {"big": asdict(big), "small": asdict(small), "s3": asdict(s3)},
+            "warmups": p.warmups,
+            "runs": p.runs,
+            "small_and_s3_runs": 1,
+            "note": (
+                "stagebox small and stagebox s3 run once each, for memory only; on moto the "
+                "time is not a target (moto keeps objects in memory and is slow)"
+            ),
+        },
+    )
+
+
+def run_ingest(b: Bench, result: CaseResult) -> None:
+    sizes = SIZES[b.profile.name]
+    big = bag_tar(b.workloads, sizes.big)
+    sides = [
+        ("stagebox", lambda label: stagebox_ingest(b, big, label, local_boxes(big))),
+        ("tar -xf + sha256sum", lambda label: tar_then_sha256(b, big, label)),
+    ]
+    alternate(b, result, sides, b.profile.warmups, b.profile.runs)
+    small = bag_tar(b.workloads, sizes.small)
+    local = local_boxes(small)
+    once = [("stagebox small", lambda label: stagebox_ingest(b, small, label, local))]
+    alternate(b, result, once, 0, 1)  # memory only
+    s3 = bag_tar(b.workloads, sizes.s3)
+    with moto_boxes(b, s3, result.name) as moto:
+        once = [("stagebox s3", lambda label: stagebox_ingest(b, s3, label, moto))]
+        alternate(b, result, once, 0, 1)  # memory only: moto's speed is not stagebox's
+
+
 # -- planned cases: listed, not run ------------------------------------------------------
 
 
@@ -379,11 +452,7 @@ CASES: list[Case] = [
         planned("s3", "s3: stagebox with an S3 box vs rclone copy", ["stagebox", "rclone"]),
         probe=needs_feature("s3"),
     ),
-    Case(
-        "ingest",
-        planned("ingest", "ingest: server-side ingest of a local folder vs cp", ["stagebox"]),
-        probe=needs_feature("ingest"),
-    ),
+    Case("ingest", plan_ingest, run_ingest, probe=needs_ingest),
     Case(
         "curl-tus",
         planned("curl-tus", "curl-to-tus: a stock tus client (curl) vs stagebox upload", []),

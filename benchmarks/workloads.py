@@ -27,7 +27,8 @@ def _marker(path: Path) -> Path:
     return path.with_name(path.name + ".ok.json")
 
 
-def _is_ready(path: Path, spec: dict[str, object]) -> bool:
+def is_ready(path: Path, spec: dict[str, object]) -> bool:
+    """True when ``path`` exists and its marker says it was generated from ``spec``."""
     marker = _marker(path)
     if not (marker.exists() and path.exists()):
         return False
@@ -37,7 +38,8 @@ def _is_ready(path: Path, spec: dict[str, object]) -> bool:
         return False
 
 
-def _mark(path: Path, spec: dict[str, object]) -> None:
+def mark(path: Path, spec: dict[str, object]) -> None:
+    """Record that ``path`` is complete and was generated from ``spec``."""
     _marker(path).write_text(json.dumps(spec))
 
 
@@ -52,7 +54,7 @@ def big_file(root: Path, size: int, *, repeat_block: bool) -> Path:
     folder = root / f"big-{human_size(size)}-{kind}"
     path = folder / "data.bin"
     spec: dict[str, object] = {"size": size, "kind": kind}
-    if _is_ready(folder, spec) and path.exists() and path.stat().st_size == size:
+    if is_ready(folder, spec) and path.exists() and path.stat().st_size == size:
         return folder
     print(f"  generating {path} ({human_size(size)}, {kind})", flush=True)
     shutil.rmtree(folder, ignore_errors=True)
@@ -72,7 +74,7 @@ def big_file(root: Path, size: int, *, repeat_block: bool) -> Path:
             written += n
             index += 1
     os.replace(tmp, path)
-    _mark(folder, spec)
+    mark(folder, spec)
     return folder
 
 
@@ -80,7 +82,7 @@ def small_tree(root: Path, files: int, folders: int, size: int) -> Path:
     """``files`` files of ``size`` random bytes spread evenly over ``folders`` folders."""
     tree = root / f"small-{files}x{human_size(size)}-in-{folders}"
     spec: dict[str, object] = {"files": files, "folders": folders, "size": size}
-    if _is_ready(tree, spec):
+    if is_ready(tree, spec):
         return tree
     print(f"  generating {tree} ({files} files of {human_size(size)})", flush=True)
     shutil.rmtree(tree, ignore_errors=True)
@@ -90,7 +92,7 @@ def small_tree(root: Path, files: int, folders: int, size: int) -> Path:
         if i < folders:
             folder.mkdir(parents=True)
         (folder / f"file{i:06d}.bin").write_bytes(os.urandom(size))
-    _mark(tree, spec)
+    mark(tree, spec)
     return tree
 
 
