@@ -458,3 +458,11 @@ def test_a_path_that_is_no_bag_at_all_is_invalid_input(tmp_path):
         validate_path(tmp_path / "notes.txt")
     with pytest.raises(InvalidInput, match="No such file"):
         validate_path(tmp_path / "missing.tar")
+
+
+def test_only_top_level_files_are_manifests(tmp_path):
+    bag = make_bag_dir(tmp_path)
+    (bag / "extra").mkdir()
+    (bag / "extra/manifest-whirlpool.txt").write_text("not a manifest of this bag\n")
+
+    assert errors(validate_path(to_tar(bag))) == []

@@ -65,8 +65,8 @@ __all__ = [
 
 OLDEST, NEWEST = (0, 93), (1, 0)
 
-_MANIFEST = re.compile(r"manifest-(.+)\.txt")
-_TAG_MANIFEST = re.compile(r"tagmanifest-(.+)\.txt")
+_MANIFEST = re.compile(r"manifest-([^/]+)\.txt")
+_TAG_MANIFEST = re.compile(r"tagmanifest-([^/]+)\.txt")
 _VERSION = re.compile(r"(\d+)\.(\d+)")
 _OXUM = re.compile(r"(\d+)\.(\d+)")
 
