@@ -198,7 +198,7 @@ class _MemberReader(io.BufferedIOBase):
     def _fail(self, reason: str, *, cut: bool = True) -> None:
         self.failed = True
         name = shown(self._owner.top or "") + "/" + shown(self._member.path)
-        self._owner.truncated(
+        self._owner._record_damage(
             f"it ends inside {name} after {self.position} of {self._member.size} bytes ({reason})",
             corrupt=not cut,
         )
@@ -230,7 +230,7 @@ class TarBag:
     def dirs(self) -> set[str]:
         return self._tree.dirs
 
-    def truncated(self, detail: str, *, corrupt: bool = False) -> None:
+    def _record_damage(self, detail: str, *, corrupt: bool = False) -> None:
         """Record that the archive ends early (or is damaged); iteration stops."""
         kind = "corrupt tar" if corrupt else "truncated tar"
         self.problems.append(Problem(self.name, f"{kind}: {detail}"))
@@ -291,7 +291,7 @@ class TarBag:
                 return
             if events and events[-1] != "end":
                 after = shown(last) if last is not None else "the start"
-                self.truncated(f"{events[-1]} after {after}")
+                self._record_damage(f"{events[-1]} after {after}")
                 return
             self._drain(tar_bytes)
 
@@ -301,7 +301,7 @@ class TarBag:
             while tar_bytes.read(CHUNK):
                 pass
         except _DAMAGE as exc:
-            self.truncated(
+            self._record_damage(
                 f"the {self.compression} stream after the archive: {exc}",
                 corrupt=not isinstance(exc, EOFError),
             )
@@ -312,11 +312,11 @@ class TarBag:
             return
         where = f"after {shown(last)}" if last is not None else "at the start"
         if events and events[-1].startswith("corrupt header"):
-            self.truncated(f"{events[-1]} {where}", corrupt=True)
+            self._record_damage(f"{events[-1]} {where}", corrupt=True)
             return
         reason = str(exc) or type(exc).__name__
         cut = isinstance(exc, EOFError) or "unexpected end" in reason or "truncated" in reason
-        self.truncated(f"{reason} {where}", corrupt=not cut)
+        self._record_damage(f"{reason} {where}", corrupt=not cut)
 
     def _admit(self, info: tarfile.TarInfo) -> Member | None:
         tree = self._tree
