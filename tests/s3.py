@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stagebox.server.process import free_port, stop_group, wait_listening
+from stagebox.storage.s3 import S3Backend
+from stagebox.storage.s3_writes import UNFINISHED
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "stagebox-test",
@@ -47,3 +51,30 @@ class MotoServer:
         if self.proc is not None:
             stop_group(self.proc, timeout=10)
         self.proc = None
+
+
+@contextlib.contextmanager
+def running_moto(log_path: Path) -> Iterator[MotoServer]:
+    """A moto server, with this process's AWS credentials pointing at it meanwhile
+    (boto3 clients made here, and servers started from here, use them)."""
+    server = MotoServer(log_path)
+    server.start()
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+def leftovers(box: S3Backend) -> tuple[list[str], list[str]]:
+    """Multipart uploads still open and tail records still kept in ``box``'s bucket."""
+    uploads = box.client.list_multipart_uploads(Bucket=box.bucket).get("Uploads", [])
+    objects = box.client.list_objects_v2(Bucket=box.bucket).get("Contents", [])
+    tails = [o["Key"] for o in objects if f"/{UNFINISHED}/" in f"/{o['Key']}"]
+    return [u["Key"] for u in uploads], tails

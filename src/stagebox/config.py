@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     )
     staging_dir: Path | None = Field(None, description="embedded staging box; data_dir/staging")
     store_dir: Path | None = Field(None, description="embedded permanent box; data_dir/store")
+    staging_box: str | None = Field(
+        None, description="name of the staging box http uploads land in; the embedded one if unset"
+    )
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     md5: bool = Field(False, description="also compute md5 (MyTardis compatibility)")

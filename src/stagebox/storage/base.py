@@ -4,17 +4,47 @@ A backend is a box: keys are '/'-separated paths relative to the box root. A key
 that would resolve outside the root is :class:`~stagebox.errors.KeyEscapesRoot`,
 never a path. Backends implement a handful of primitives; resume, hashing and
 verification are written once above them, in the services.
+
+Objects carry **metadata**: a few names (see :func:`check_metadata`) with text
+values, written with the bytes and read back with :meth:`StorageBackend.metadata`.
+A writer's ``metadata`` may change until it closes, so digests known only after
+the last byte go with the object.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from stagebox.checksums import BUFFER_SIZE, MultiHasher
+from stagebox.errors import InvalidInput
+
+_METADATA_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``metadata`` once every name and value keeps the rules, or
+    :class:`~stagebox.errors.InvalidInput` naming the first that breaks one.
+
+    Names are 1-64 lowercase ASCII letters, digits, ``-`` and ``_`` (they must
+    survive as HTTP header names and extended attribute names); values are any
+    text, stored as UTF-8.
+    """
+    for name, value in metadata.items():
+        if not isinstance(name, str) or not _METADATA_NAME.match(name):
+            raise InvalidInput(
+                "metadata",
+                "names are 1-64 lowercase letters, digits, '-' or '_', starting with a "
+                "letter or digit",
+                name,
+            )
+        if not isinstance(value, str):
+            raise InvalidInput("metadata", f"the value of {name!r} must be text", value)
+    return dict(metadata)
 
 
 @dataclass(frozen=True)
@@ -38,7 +68,13 @@ class PromoteResult:
 
 
 class StagedWriter(abc.ABC):
-    """Appends to one key from a starting offset."""
+    """Appends to one key from a starting offset.
+
+    ``metadata`` is what the object holds once this writer closes; a caller may
+    change it until then (see :meth:`StorageBackend.open_write`).
+    """
+
+    metadata: dict[str, str]
 
     @abc.abstractmethod
     def write(self, data: bytes | bytearray | memoryview) -> None: ...
@@ -67,14 +103,41 @@ class StorageBackend(abc.ABC):
 
     name: str
 
+    #: Whether :meth:`open_read` can read back an object whose write is unfinished
+    #: (closed short of its ``size_hint``). Where it cannot (S3: the parts of an
+    #: open multipart upload cannot be read), a running hash lost with its process
+    #: cannot be rebuilt from the staged prefix.
+    can_read_partial: bool = True
+
     @abc.abstractmethod
-    def open_write(self, key: str, offset: int = 0, size_hint: int | None = None) -> StagedWriter:
+    def open_write(
+        self,
+        key: str,
+        offset: int = 0,
+        size_hint: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> StagedWriter:
         """Write ``key`` from ``offset``; bytes at and past ``offset`` are replaced.
 
         ``offset`` must not exceed the current size. ``size_hint`` is the final
         size when known, so a backend can pick its strategy (direct I/O,
-        multipart part size).
+        multipart part size); a writer closed short of it leaves the object
+        *unfinished*, to be continued by the next ``open_write`` at its size.
+        A backend may take only some offsets below the current size (S3: a part
+        boundary or inside the tail not yet sent as a part) and refuses others with
+        :class:`~stagebox.errors.StorageError`.
+
+        ``metadata`` (checked by :func:`check_metadata`) becomes the object's
+        metadata when the writer closes; the writer's ``metadata`` dict may be
+        changed until then. A write from byte 0 replaces the object's metadata
+        (with none when none is given); a write continuing from an offset keeps
+        what earlier writers gave unless it gives or changes it.
         """
+
+    @abc.abstractmethod
+    def metadata(self, key: str) -> dict[str, str]:
+        """The metadata of ``key`` (empty when it has none);
+        :class:`~stagebox.errors.NotFound` when there is no such object."""
 
     @abc.abstractmethod
     def size(self, key: str) -> int | None:
@@ -120,12 +183,17 @@ class StorageBackend(abc.ABC):
         sync: bool = True,
         size: int | None = None,
     ) -> PromoteResult:
-        """Copy ``src_key`` into ``dest`` through this process, hashing what is copied:
-        how :meth:`promote` moves bytes that no rename or server-side copy can."""
+        """Copy ``src_key`` (bytes and metadata) into ``dest`` through this process,
+        hashing what is copied: how :meth:`promote` moves bytes that no rename or
+        server-side copy can."""
         hasher = MultiHasher(algorithms)
         if size is None:
             size = self.size(src_key)
-        with self.open_read(src_key) as reader, dest.open_write(dest_key, 0, size) as writer:
+        metadata = self.metadata(src_key)
+        with (
+            self.open_read(src_key) as reader,
+            dest.open_write(dest_key, 0, size, metadata=metadata) as writer,
+        ):
             while chunk := reader.read(BUFFER_SIZE):
                 hasher.update(chunk)
                 writer.write(chunk)

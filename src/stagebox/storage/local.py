@@ -1,4 +1,9 @@
-"""A storage box that is a directory on a local or mounted filesystem."""
+"""A storage box that is a directory on a local or mounted filesystem.
+
+Object metadata lives in extended attributes ``user.stagebox.<name>`` (UTF-8
+values). On a filesystem that keeps no user extended attributes (ENOTSUP),
+metadata is dropped, with one debug log line per box, and reads back empty.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import os
 import shutil
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
@@ -19,7 +24,13 @@ from typing import BinaryIO
 from stagebox.checksums import BUFFER_SIZE
 from stagebox.errors import InvalidName, KeyEscapesRoot, NotFound, StorageError
 from stagebox.names import clean_directory
-from stagebox.storage.base import ObjectInfo, PromoteResult, StagedWriter, StorageBackend
+from stagebox.storage.base import (
+    ObjectInfo,
+    PromoteResult,
+    StagedWriter,
+    StorageBackend,
+    check_metadata,
+)
 
 log = logging.getLogger(__name__)
 # Writes expected to be at least this large bypass the page cache (O_DIRECT).
@@ -45,11 +56,35 @@ def _fsync_at(name: str, dir_fd: int) -> None:
         os.close(fd)
 
 
+XATTR_PREFIX = "user.stagebox."
+_NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+class _Metadata:
+    """What a local writer does with its metadata when it closes: set it when it
+    was given, or changed, or the write began at byte 0 (it replaces the object,
+    so an earlier object's metadata goes)."""
+
+    def __init__(
+        self, backend: LocalBackend, key: str, initial: dict[str, str], replace: bool
+    ) -> None:
+        self.backend = backend
+        self.key = key
+        self.initial = initial
+        self.replace = replace
+
+    def apply(self, fd: int, metadata: dict[str, str]) -> None:
+        if self.replace or metadata != self.initial:
+            self.backend.set_metadata(fd, self.key, metadata)
+
+
 class _LocalWriter(StagedWriter):
-    def __init__(self, fd: int, offset: int, size: int | None = None) -> None:
+    def __init__(self, fd: int, offset: int, size: int | None, pending: _Metadata) -> None:
         self._fd = fd
         self._start = offset
         self._pos = offset
+        self._pending = pending
+        self.metadata = dict(pending.initial)
         # Truncating a file that is already that size is not free: ext4 takes a
         # truncate-then-write as a file being replaced and flushes it on close.
         if size != offset:
@@ -77,8 +112,11 @@ class _LocalWriter(StagedWriter):
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            try:
+                self._pending.apply(self._fd, self.metadata)
+            finally:
+                os.close(self._fd)
+                self._fd = -1
 
 
 ALIGN = 4096
@@ -94,10 +132,12 @@ class _DirectWriter(StagedWriter):
     ordinary descriptor; the kernel keeps the two views coherent.
     """
 
-    def __init__(self, fd: int, direct_fd: int, offset: int) -> None:
+    def __init__(self, fd: int, direct_fd: int, offset: int, pending: _Metadata) -> None:
         self._fd = fd
         self._direct = direct_fd
         self._start = offset
+        self._pending = pending
+        self.metadata = dict(pending.initial)
         self._flushed = offset  # bytes at or past this offset are still in the buffer
         self._buf = mmap.mmap(-1, DIRECT_BUFFER)
         self._view = memoryview(self._buf)
@@ -171,6 +211,7 @@ class _DirectWriter(StagedWriter):
                 self._pwrite_all(self._fd, self._view[: self._used], self._flushed)
                 self._flushed += self._used
                 self._used = 0
+            self._pending.apply(self._fd, self.metadata)
         finally:
             self._view.release()
             self._buf.close()
@@ -209,6 +250,7 @@ class LocalBackend(StorageBackend):
         self.root.mkdir(parents=True, exist_ok=True)
         self.root = self.root.resolve()
         self.durable = durable
+        self.xattrs = True  # until the filesystem says it keeps none
         self._local = threading.local()
 
     def __repr__(self) -> str:
@@ -315,8 +357,15 @@ class LocalBackend(StorageBackend):
         os.set_blocking(fd, True)
         return fd
 
-    def open_write(self, key: str, offset: int = 0, size_hint: int | None = None) -> StagedWriter:
+    def open_write(
+        self,
+        key: str,
+        offset: int = 0,
+        size_hint: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> StagedWriter:
         dirs, name = self._split(key)
+        given = None if metadata is None else check_metadata(metadata)
         with self._parent(dirs, create=True) as dir_fd:
             fd = self._open_at(dir_fd, name, os.O_WRONLY | os.O_CREAT)
             size = os.fstat(fd).st_size
@@ -325,6 +374,15 @@ class LocalBackend(StorageBackend):
                 raise StorageError(
                     f"{self.name}: cannot write {key} at {offset}, only {size} bytes"
                 )
+            if given is None and offset:
+                try:
+                    given = self._read_metadata(fd, key)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                pending = _Metadata(self, key, given, replace=False)
+            else:
+                pending = _Metadata(self, key, given or {}, replace=True)
             if self.direct_io and size_hint is not None and size_hint - offset >= DIRECT_MIN:
                 try:
                     direct = os.open(
@@ -339,8 +397,66 @@ class LocalBackend(StorageBackend):
                     log.info("%s: O_DIRECT not supported here; using buffered writes", self.name)
                     self.direct_io = False
                 else:
-                    return _DirectWriter(fd, direct, offset)
-        return _LocalWriter(fd, offset, size)
+                    return _DirectWriter(fd, direct, offset, pending)
+        return _LocalWriter(fd, offset, size, pending)
+
+    def _no_xattrs(self, exc: OSError) -> bool:
+        """Whether ``exc`` says this filesystem keeps no user extended attributes."""
+        if exc.errno not in _NO_XATTRS:
+            return False
+        if self.xattrs:
+            log.debug(
+                "%s: no extended attributes under %s; metadata is dropped", self.name, self.root
+            )
+            self.xattrs = False
+        return True
+
+    def set_metadata(self, fd: int, key: str, metadata: Mapping[str, str]) -> None:
+        """Make ``metadata`` the whole metadata of the open file ``fd``."""
+        metadata = check_metadata(metadata)
+        if not self.xattrs:
+            return
+        try:
+            for attr in os.listxattr(fd):
+                if attr.startswith(XATTR_PREFIX) and attr[len(XATTR_PREFIX) :] not in metadata:
+                    os.removexattr(fd, attr)
+            for name, value in metadata.items():
+                os.setxattr(fd, XATTR_PREFIX + name, value.encode())
+        except OSError as exc:
+            if not self._no_xattrs(exc):
+                raise StorageError(
+                    f"{self.name}: cannot set the metadata of {key}: {exc.strerror}"
+                ) from exc
+
+    def metadata(self, key: str) -> dict[str, str]:
+        dirs, name = self._split(key)
+        with self._parent(dirs) as dir_fd:
+            fd = self._open_at(dir_fd, name, os.O_RDONLY)
+        try:
+            return self._read_metadata(fd, key)
+        finally:
+            os.close(fd)
+
+    def _read_metadata(self, fd: int, key: str) -> dict[str, str]:
+        result: dict[str, str] = {}
+        if not self.xattrs:
+            return result
+        try:
+            for attr in os.listxattr(fd):
+                if attr.startswith(XATTR_PREFIX):
+                    try:
+                        value = os.getxattr(fd, attr)
+                    except OSError as exc:
+                        if exc.errno == errno.ENODATA:  # removed since it was listed
+                            continue
+                        raise
+                    result[attr[len(XATTR_PREFIX) :]] = value.decode("utf-8", "replace")
+        except OSError as exc:
+            if not self._no_xattrs(exc):
+                raise StorageError(
+                    f"{self.name}: cannot read the metadata of {key}: {exc.strerror}"
+                ) from exc
+        return result
 
     def _lstat(self, key: str) -> os.stat_result | None:
         """The key's own inode (never a link's target); None if nothing is there."""

@@ -6,9 +6,11 @@ import threading
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from stagebox.checksums import MultiHasher
 from stagebox.config import Settings
+from stagebox.errors import ConfigError
 from stagebox.server.db.models import BoxRole, StorageBox
 from stagebox.server.db.session import Catalog
 from stagebox.storage import LocalBackend, StorageBackend
@@ -65,7 +67,8 @@ class ServerContext:
     store_box_id: int = 0
 
     def ensure_embedded_boxes(self) -> None:
-        """Create the embedded staging and permanent boxes on first start."""
+        """Create the embedded staging and permanent boxes on first start; with
+        ``staging_box`` set, http uploads are staged in that box instead."""
         wanted = {
             STAGING_BOX: (BoxRole.staging, self.settings.staging_path),
             STORE_BOX: (BoxRole.permanent, self.settings.store_path),
@@ -83,6 +86,19 @@ class ServerContext:
                     self.staging_box_id = box.id
                 else:
                     self.store_box_id = box.id
+            if self.settings.staging_box:
+                self.staging_box_id = self._configured_staging_box(s, self.settings.staging_box)
+
+    @staticmethod
+    def _configured_staging_box(session: Session, name: str) -> int:
+        """The box ``staging_box`` names: an admin-added box with the staging role."""
+        box = session.scalar(select(StorageBox).where(StorageBox.name == name))
+        if box is None or box.role != BoxRole.staging:
+            raise ConfigError(
+                f"staging_box {name!r}: no staging box of that name; add it with "
+                f"'stagebox admin box add {name} --role staging ...'"
+            )
+        return box.id
 
     def backend(self, box_id: int) -> StorageBackend:
         with self._guard:

@@ -3,7 +3,10 @@
 A PATCH streams into a :class:`PatchWriter`: every byte goes to the staging box
 and through the upload's running hash in the same pass, so a finished upload
 needs no re-read to verify. The running hash lives in memory; after a server
-restart it is rebuilt once from the staged prefix.
+restart it is rebuilt once from the staged prefix. A staging box that cannot
+read back an unfinished object (S3: the parts of an open multipart upload) has
+no prefix to rebuild it from: there the upload starts again from byte 0, and
+the next HEAD says so (``Upload-Offset: 0``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 
@@ -36,6 +40,7 @@ from stagebox.server.services.context import ServerContext, UploadState
 from stagebox.server.services.states import transition
 from stagebox.storage import StagedWriter
 
+log = logging.getLogger(__name__)
 S = ReplicaState
 CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256")
 _META_KEY = re.compile(r"^[!#-+\--~]+$")  # printable ASCII without space or comma
@@ -107,15 +112,49 @@ def _owned_replica(session: Session, uploader: Uploader, token: str) -> Replica:
     return replica
 
 
-def _offset(ctx: ServerContext, replica: Replica) -> int:
-    """Bytes staged; the staging box is the truth after a crash, not the catalog."""
+def _offset(ctx: ServerContext, replica: Replica, locked: UploadState | None = None) -> int:
+    """Bytes staged; the staging box is the truth after a crash, not the catalog.
+
+    ``locked`` is the upload's state when the caller holds its lock.
+    """
     size = replica.datafile.size
     if replica.state in (S.verified, S.stored):
         return size
     if replica.state in (S.registered, S.uploading):
-        on_disk = ctx.backend(replica.box_id).size(replica.key) or 0
-        return min(on_disk, size)
+        backend = ctx.backend(replica.box_id)
+        on_disk = min(backend.size(replica.key) or 0, size)
+        if 0 < on_disk < size and not backend.can_read_partial:
+            return _unless_unhashable(ctx, replica, on_disk, locked)
+        return on_disk
     return replica.bytes_staged
+
+
+def _unless_unhashable(
+    ctx: ServerContext, replica: Replica, on_disk: int, locked: UploadState | None
+) -> int:
+    """``on_disk`` while this process's running hash covers exactly those bytes;
+    otherwise (a restart lost it) the staged bytes are dropped and this is 0."""
+    token = replica.upload_token or ""
+    state = locked or ctx.upload_state(token)
+    if locked is None and not state.lock.acquire(blocking=False):
+        return on_disk  # a PATCH is writing it, with its running hash
+    try:
+        if state.hasher is not None and state.hasher.length == on_disk:
+            return on_disk
+        log.info(
+            "upload %s: %s cannot read back the %d bytes staged to rebuild the running "
+            "hash; the upload starts again from byte 0",
+            token,
+            ctx.backend(replica.box_id).name,
+            on_disk,
+        )
+        ctx.backend(replica.box_id).delete(replica.key)
+        state.hasher = None
+        replica.bytes_staged = 0
+        return 0
+    finally:
+        if locked is None:
+            state.lock.release()
 
 
 def _info(ctx: ServerContext, replica: Replica) -> UploadInfo:
@@ -241,7 +280,7 @@ class PatchWriter:
             with ctx.catalog.session() as session:
                 replica = _owned_replica(session, uploader, token)
                 length = replica.datafile.size
-                current = _offset(ctx, replica)
+                current = _offset(ctx, replica, state)
                 if replica.state not in (S.registered, S.uploading):
                     if replica.state in (S.staged, S.verified, S.stored) and offset == length:
                         raise Conflict(f"upload {token} is complete ({replica.state})")
@@ -317,7 +356,13 @@ class PatchWriter:
         self._open = False
         offset = self.offset
         try:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except BaseException:
+                # What this PATCH wrote may not have been kept: hash from where
+                # it began, so a box that cannot be re-read restarts honestly.
+                self._state.hasher = self._snapshot
+                raise
             self._record(offset)
         finally:
             self._state.lock.release()
