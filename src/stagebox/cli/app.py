@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from stagebox.cli import admin, bag, demo, register, serve, upload
+from stagebox.cli import admin, bag, demo, ingest, register, serve, upload
 from stagebox.errors import ConfigError, Forbidden, InvalidInput, StageboxError
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.command("register")(register.register)
 app.command("demo")(demo.demo)
 app.add_typer(admin.app, name="admin")
 app.add_typer(bag.app, name="bag")
+app.add_typer(ingest.app, name="ingest")
 
 USAGE_ERRORS = (ConfigError, InvalidInput, Forbidden)
 

@@ -119,10 +119,59 @@ _HEADER_ENDS = {
 }
 
 
+class _Forward(io.RawIOBase):
+    """The tar's bytes read strictly forward: what tarfile's stream mode does,
+    without its re-joining buffer, which copied every byte several times.
+
+    ``seek`` goes forward only (skipping an entry nobody read); a seek backwards
+    is a bug in the reader, never something a tar can cause.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            data = self._raw.read()
+        else:
+            data = self._raw.read(size)
+            while 0 < len(data) < size:  # a decompressor may answer short
+                more = self._raw.read(size - len(data))
+                if not more:
+                    break
+                data += more
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = {io.SEEK_SET: offset, io.SEEK_CUR: self._pos + offset}.get(whence)
+        if target is None or target < self._pos:
+            raise tarfile.StreamError("a tar stream is read forward only")
+        while self._pos < target:
+            if not self.read(min(CHUNK, target - self._pos)):
+                break
+        return self._pos
+
+
 def _open_tar(tar_bytes: BinaryIO, events: list[str]) -> tarfile.TarFile:
-    return tarfile.open(
-        fileobj=tar_bytes,
-        mode="r|",
+    return tarfile.TarFile(
+        fileobj=cast(IO[bytes], _Forward(tar_bytes)),
+        mode="r",
         encoding="utf-8",
         errors="surrogateescape",
         tarinfo=_recording_tarinfo(events),

@@ -250,8 +250,10 @@ class IngestJob(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_staged: Mapped[int] = mapped_column(BigInteger, default=0)
-    # What the tar reader refused while staging, kept for the validate stage.
-    problems: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # What the tar reader refused while staging, as [entry, rule] pairs, and
+    # whether the tar held a data/ directory: kept for the validate stage.
+    problems: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    payload_dir: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     errors: Mapped[list[str]] = mapped_column(JSON, default=list)
     error_count: Mapped[int] = mapped_column(Integer, default=0)
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)

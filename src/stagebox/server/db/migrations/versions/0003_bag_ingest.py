@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("bytes_read", sa.BigInteger(), nullable=False),
         sa.Column("bytes_staged", sa.BigInteger(), nullable=False),
         sa.Column("problems", sa.JSON(), nullable=False),
+        sa.Column("payload_dir", sa.Boolean(), nullable=True),
         sa.Column("errors", sa.JSON(), nullable=False),
         sa.Column("error_count", sa.Integer(), nullable=False),
         sa.Column("warnings", sa.JSON(), nullable=False),

@@ -1,0 +1,224 @@
+"""``stagebox ingest``: take tarred BagIt bags from a receiving box into storage."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from stagebox.ingest.jobs import Boxes
+    from stagebox.server.services.context import ServerContext
+
+app = typer.Typer(
+    help="Ingest tarred BagIt bags: stage, validate, verify, store.", no_args_is_help=True
+)
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="the server's data dir (or STAGEBOX_DATA_DIR)")
+]
+Receiving = Annotated[str, typer.Option("--receiving", help="the receiving box holding the tars")]
+Staging = Annotated[
+    str | None, typer.Option("--staging", help="staging box [default: the embedded one]")
+]
+Permanent = Annotated[
+    str | None, typer.Option("--permanent", help="permanent box [default: the embedded one]")
+]
+ProfileOption = Annotated[
+    str,
+    typer.Option(
+        "--profile",
+        help="a BagIt profile (JSON file), 'aptrust' for the shipped one, 'none' for BagIt alone",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+err = Console(stderr=True, highlight=False)
+
+
+def _context(data_dir: Path | None) -> ServerContext:
+    # Imported here: the catalog stack is heavy and most commands never need it.
+    from stagebox.config import load_settings
+    from stagebox.server.db.session import Catalog
+    from stagebox.server.services.context import ServerContext
+    from stagebox.tasks import ThreadTaskRunner
+
+    settings = load_settings(data_dir=data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog(settings.catalog_url)
+    catalog.migrate()
+    ctx = ServerContext(settings=settings, catalog=catalog, runner=ThreadTaskRunner(workers=1))
+    ctx.ensure_embedded_boxes()
+    return ctx
+
+
+def _profile(choice: str) -> dict[str, Any] | None:
+    """The profile's JSON, kept on each job so a resumed job judges by the same rules."""
+    if choice == "none":
+        return None
+    from importlib import resources
+
+    from stagebox.errors import InvalidInput
+    from stagebox.ingest.profiles import SHIPPED, Profile
+
+    path = Path(choice)
+    if not path.is_file() and choice in SHIPPED:
+        text = resources.files("stagebox.ingest").joinpath("profiles/aptrust.json").read_text()
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput("--profile", f"cannot read {choice}: {exc}", choice) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput("--profile", f"{choice} is not JSON: {exc}", choice) from None
+    Profile.from_dict(data, source=choice)  # refuses a malformed profile now, not per job
+    return data  # type: ignore[no-any-return]
+
+
+def _boxes(ctx: ServerContext, receiving: str, staging: str | None, permanent: str | None) -> Boxes:
+    from stagebox.ingest.jobs import resolve_boxes
+
+    return resolve_boxes(ctx, receiving, staging, permanent)
+
+
+@app.command("run")
+def run(
+    receiving: Receiving,
+    data_dir: DataDir = None,
+    staging: Staging = None,
+    permanent: Permanent = None,
+    profile: ProfileOption = "aptrust",
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once/--watch", help="stop when the bags found have ended, or keep watching"
+        ),
+    ] = True,
+    workers: Annotated[int, typer.Option(min=1, max=32, help="jobs run at once")] = 2,
+    delete_received: Annotated[
+        bool, typer.Option(help="delete a bag's tar from the receiving box once stored")
+    ] = False,
+    poll: Annotated[float, typer.Option(min=0.1, help="seconds between looks for new bags")] = 5.0,
+) -> None:
+    """Find new tars in the receiving box and ingest each one (exit 0 only if all succeed)."""
+    from stagebox.ingest.worker import IngestRun, exit_code
+
+    ctx = _context(data_dir)
+
+    def progress(job_id: int, what: str) -> None:
+        err.print(f"job {job_id}: {what}")
+
+    ingest = IngestRun(
+        ctx,
+        _boxes(ctx, receiving, staging, permanent),
+        _profile(profile),
+        workers=workers,
+        delete_received=delete_received,
+        poll=poll,
+        progress=progress,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: ingest.stop.set())
+    try:
+        outcome = ingest.run(once)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    for job_id, status in sorted(outcome.items()):
+        err.print(f"job {job_id}: {status}")
+    raise typer.Exit(exit_code(outcome))
+
+
+@app.command("submit")
+def submit(
+    key: Annotated[str, typer.Argument(help="the tar's key in the receiving box")],
+    receiving: Receiving,
+    data_dir: DataDir = None,
+    staging: Staging = None,
+    permanent: Permanent = None,
+    profile: ProfileOption = "aptrust",
+    delete_received: Annotated[bool, typer.Option(help="delete the tar once stored")] = False,
+) -> None:
+    """Queue one bag; the next ``ingest run`` on its receiving box takes it."""
+    from stagebox.ingest import jobs
+
+    ctx = _context(data_dir)
+    job, created = jobs.submit(
+        ctx,
+        _boxes(ctx, receiving, staging, permanent),
+        key,
+        profile=_profile(profile),
+        delete_received=delete_received,
+    )
+    typer.echo(json.dumps({"id": job.id, "created": created, "status": job.status}))
+
+
+@app.command("list")
+def list_(
+    data_dir: DataDir = None,
+    status: Annotated[str | None, typer.Option(help="only jobs with this status")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every ingest job, oldest first."""
+    from stagebox.ingest import jobs
+
+    rows = jobs.list_jobs(_context(data_dir), status)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("id", "bag", "stage", "status", "attempts", "bytes_read", "errors")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["bag"],
+            row["stage"],
+            row["status"],
+            str(row["attempts"]),
+            str(row["bytes_read"]),
+            str(row["error_count"]),
+        )
+    Console().print(table)
+
+
+@app.command("show")
+def show(
+    job_id: Annotated[int, typer.Argument(metavar="JOB")],
+    data_dir: DataDir = None,
+    as_json: JsonOption = False,
+) -> None:
+    """One job with its files and every error."""
+    from stagebox.ingest import jobs
+
+    view = jobs.show_job(_context(data_dir), job_id)
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+        return
+    out = Console(highlight=False)
+    for name in ("id", "bag", "stage", "status", "attempts", "bytes_read", "bytes_staged"):
+        out.print(f"{name}: {view[name]}")
+    for line in view["errors"]:
+        out.print(f"error: {line}")
+    for line in view["warnings"]:
+        out.print(f"warning: {line}")
+    table = Table("path", "uuid", "size", "sha256", "state")
+    for f in view["files"]:
+        table.add_row(f["path"], f["uuid"], str(f["size"]), f["sha256"][:16], f["state"])
+    out.print(table)
+
+
+@app.command("requeue")
+def requeue(
+    job_id: Annotated[int, typer.Argument(metavar="JOB")],
+    data_dir: DataDir = None,
+    stage: Annotated[str | None, typer.Option(help="run again from this stage")] = None,
+) -> None:
+    """Put a failed job back in the queue (its attempts start again from 0)."""
+    from stagebox.ingest import jobs
+
+    job = jobs.requeue(_context(data_dir), job_id, stage)
+    typer.echo(f"job {job.id}: pending from stage {job.stage}")

@@ -1,0 +1,392 @@
+"""Ingest jobs in the catalog: finding bags, claiming work, and what a job shows.
+
+A job is claimed with a lease (owner + expiry) by a conditional update, so two
+workers never run the same job at once; the lease is renewed at every
+checkpoint. A worker that dies leaves its lease behind: another takes the job
+when the lease runs out, or at once when the owner was a process on this host
+that no longer exists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from stagebox.errors import Conflict, InvalidInput, NotFound
+from stagebox.server.db.models import (
+    IngestFile,
+    IngestJob,
+    IngestStage,
+    IngestStatus,
+    StorageBox,
+    utcnow,
+)
+from stagebox.server.services.context import ServerContext
+
+ENDED = (IngestStatus.succeeded, IngestStatus.failed)
+STAGES = tuple(s for s in IngestStage if s is not IngestStage.done)
+BAG_SUFFIXES = (".tar",)
+
+
+def worker_id() -> str:
+    """Who holds a lease: host, process and a nonce (a reused pid is not the same worker)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_is_gone(owner: str | None) -> bool:
+    """True when ``owner`` was a process on this host that no longer runs."""
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def bag_name(key: str) -> str:
+    """The bag's name: the tar's file name without ``.tar``."""
+    name = PurePosixPath(key).name
+    for suffix in BAG_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+@dataclass(frozen=True)
+class Boxes:
+    receiving: int
+    staging: int
+    permanent: int
+
+
+def resolve_boxes(
+    ctx: ServerContext, receiving: str, staging: str | None, permanent: str | None
+) -> Boxes:
+    """Box ids by name; staging and permanent default to the embedded boxes."""
+    with ctx.catalog.session() as s:
+
+        def find(name: str, field: str, roles: tuple[str, ...]) -> int:
+            box = s.scalar(select(StorageBox).where(StorageBox.name == name))
+            if box is None:
+                raise InvalidInput(field, f"no storage box named {name!r}", name)
+            if box.role not in roles:
+                raise InvalidInput(
+                    field, f"box {name!r} has role {box.role}, not {' or '.join(roles)}", name
+                )
+            return box.id
+
+        return Boxes(
+            receiving=find(receiving, "--receiving", ("receiving",)),
+            staging=find(staging, "--staging", ("staging",)) if staging else ctx.staging_box_id,
+            permanent=(
+                find(permanent, "--permanent", ("permanent",)) if permanent else ctx.store_box_id
+            ),
+        )
+
+
+def submit(
+    ctx: ServerContext,
+    boxes: Boxes,
+    key: str,
+    *,
+    profile: dict[str, Any] | None,
+    delete_received: bool = False,
+) -> tuple[IngestJob, bool]:
+    """A job for the tar at ``key`` in its current version; ``(job, created)``.
+
+    The same version (etag, or identity for a directory) is never ingested
+    twice. A new version supersedes an unfinished job of the same tar.
+    """
+    receiving = ctx.backend(boxes.receiving)
+    size = receiving.size(key)
+    if size is None:
+        raise NotFound(f"{key}: no such bag in the receiving box")
+    etag = receiving.identity(key) or f"size:{size}"
+    with ctx.catalog.session() as s:
+        job = s.scalar(
+            select(IngestJob).where(
+                IngestJob.receiving_box_id == boxes.receiving,
+                IngestJob.bag == key,
+                IngestJob.etag == etag,
+            )
+        )
+        if job is not None:
+            return job, False
+        job = IngestJob(
+            bag=key,
+            name=bag_name(key),
+            etag=etag,
+            size=size,
+            receiving_box_id=boxes.receiving,
+            staging_box_id=boxes.staging,
+            permanent_box_id=boxes.permanent,
+            profile=profile,
+            delete_received=delete_received,
+            stage=IngestStage.stage,
+            status=IngestStatus.pending,
+            attempts=0,
+            bytes_read=0,
+            bytes_staged=0,
+            problems=[],
+            errors=[],
+            error_count=0,
+            warnings=[],
+        )
+        s.add(job)
+        s.flush()
+        s.execute(
+            update(IngestJob)
+            .where(
+                IngestJob.receiving_box_id == boxes.receiving,
+                IngestJob.bag == key,
+                IngestJob.id != job.id,
+                IngestJob.status.in_([IngestStatus.pending, IngestStatus.running]),
+            )
+            .values(
+                status=IngestStatus.failed,
+                superseded_by=job.id,
+                errors=[f"superseded by job {job.id} (a newer version of {key})"],
+                error_count=1,
+                finished_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+        return job, True
+
+
+def discover(
+    ctx: ServerContext, boxes: Boxes, *, profile: dict[str, Any] | None, delete_received: bool
+) -> list[int]:
+    """One job per ``.tar`` in the receiving box that has none for its version."""
+    receiving = ctx.backend(boxes.receiving)
+    found = []
+    for obj in sorted(receiving.list(), key=lambda o: o.key):
+        if not obj.key.endswith(BAG_SUFFIXES):
+            continue
+        try:
+            job, _created = submit(
+                ctx, boxes, obj.key, profile=profile, delete_received=delete_received
+            )
+        except NotFound:
+            continue  # gone between the listing and the look
+        found.append(job.id)
+    return found
+
+
+def unfinished(ctx: ServerContext, receiving_box_id: int) -> list[int]:
+    with ctx.catalog.session() as s:
+        return list(
+            s.scalars(
+                select(IngestJob.id).where(
+                    IngestJob.receiving_box_id == receiving_box_id,
+                    IngestJob.status.not_in(ENDED),
+                )
+            )
+        )
+
+
+def runnable(ctx: ServerContext, job_ids: Iterable[int]) -> list[int]:
+    """Of ``job_ids``, those a worker may claim now."""
+    now = utcnow()
+    ids = list(job_ids)
+    with ctx.catalog.session() as s:
+        rows = s.execute(
+            select(IngestJob.id, IngestJob.status, IngestJob.lease_owner, IngestJob.lease_until)
+            .where(IngestJob.id.in_(ids))
+            .where(
+                or_(
+                    and_(
+                        IngestJob.status == IngestStatus.pending,
+                        or_(IngestJob.next_attempt_at.is_(None), IngestJob.next_attempt_at <= now),
+                    ),
+                    IngestJob.status == IngestStatus.running,
+                )
+            )
+        ).all()
+    return [
+        row.id
+        for row in rows
+        if row.status == IngestStatus.pending
+        or (row.lease_until is not None and row.lease_until < now)
+        or _owner_is_gone(row.lease_owner)
+    ]
+
+
+def claim(ctx: ServerContext, job_id: int, owner: str) -> IngestJob | None:
+    """Take ``job_id`` for one attempt, or None when someone else holds it."""
+    now = utcnow()
+    lease = now + dt.timedelta(seconds=ctx.settings.ingest_lease)
+    with ctx.catalog.session() as s:
+        job = s.get(IngestJob, job_id)
+        if job is None or job.status in ENDED:
+            return None
+        if job.status == IngestStatus.pending:
+            if job.next_attempt_at is not None and job.next_attempt_at > now:
+                return None
+        elif not (
+            (job.lease_until is not None and job.lease_until < now)
+            or _owner_is_gone(job.lease_owner)
+        ):
+            return None
+        same_holder = (
+            IngestJob.lease_owner.is_(None)
+            if job.lease_owner is None
+            else IngestJob.lease_owner == job.lease_owner
+        )
+        taken = s.execute(
+            update(IngestJob)
+            .where(IngestJob.id == job_id, IngestJob.status == job.status, same_holder)
+            .values(
+                status=IngestStatus.running,
+                lease_owner=owner,
+                lease_until=lease,
+                attempts=IngestJob.attempts + 1,
+                updated_at=now,
+            )
+        )
+        if taken.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+    with ctx.catalog.session() as s:
+        return s.get(IngestJob, job_id)
+
+
+class LeaseLost(Conflict):
+    """The job was superseded, requeued or taken by another worker mid-attempt."""
+
+
+def renew(session: Session, ctx: ServerContext, job_id: int, owner: str, **values: Any) -> None:
+    """Extend the lease and save ``values`` (a checkpoint), or raise :class:`LeaseLost`."""
+    lease = utcnow() + dt.timedelta(seconds=ctx.settings.ingest_lease)
+    done = session.execute(
+        update(IngestJob)
+        .where(
+            IngestJob.id == job_id,
+            IngestJob.lease_owner == owner,
+            IngestJob.status == IngestStatus.running,
+        )
+        .values(lease_until=lease, updated_at=utcnow(), **values)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost(f"job {job_id}: no longer held by this worker")
+
+
+def release(ctx: ServerContext, job_id: int, owner: str) -> None:
+    """Hand a job back to the queue mid-attempt (a worker stopping); the attempt is not counted."""
+    with ctx.catalog.session() as s:
+        s.execute(
+            update(IngestJob)
+            .where(IngestJob.id == job_id, IngestJob.lease_owner == owner)
+            .values(
+                status=IngestStatus.pending,
+                lease_owner=None,
+                lease_until=None,
+                attempts=IngestJob.attempts - 1,
+                updated_at=utcnow(),
+            )
+        )
+
+
+def requeue(ctx: ServerContext, job_id: int, stage: str | None = None) -> IngestJob:
+    """Put a job back in the queue for an operator, from ``stage`` or where it stopped."""
+    if stage is not None and stage not in STAGES:
+        raise InvalidInput("--stage", f"must be one of {', '.join(STAGES)}", stage)
+    with ctx.catalog.session() as s:
+        job = s.get(IngestJob, job_id)
+        if job is None:
+            raise NotFound(f"no ingest job {job_id}")
+        if job.status == IngestStatus.running and not _owner_is_gone(job.lease_owner):
+            raise Conflict(f"job {job_id} is running on {job.lease_owner}")
+        if job.superseded_by is not None:
+            raise Conflict(f"job {job_id} was superseded by job {job.superseded_by}")
+        has_files = s.scalar(select(IngestFile.id).where(IngestFile.job_id == job_id).limit(1))
+        target = stage or job.stage
+        if target == IngestStage.done:
+            target = IngestStage.stage
+        if has_files is None and target != IngestStage.stage:
+            target = IngestStage.stage  # nothing staged is left to validate or store
+        job.stage = target
+        job.status = IngestStatus.pending
+        job.attempts = 0
+        job.next_attempt_at = None
+        job.lease_owner = None
+        job.lease_until = None
+        job.finished_at = None
+        job.errors = []
+        job.error_count = 0
+        return job
+
+
+def job_view(job: IngestJob) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "bag": job.bag,
+        "name": job.name,
+        "etag": job.etag,
+        "size": job.size,
+        "stage": job.stage,
+        "status": job.status,
+        "attempts": job.attempts,
+        "bytes_read": job.bytes_read,
+        "bytes_staged": job.bytes_staged,
+        "errors": job.errors,
+        "error_count": job.error_count,
+        "warnings": job.warnings,
+        "created_at": job.created_at.isoformat() + "Z",
+        "finished_at": job.finished_at.isoformat() + "Z" if job.finished_at else None,
+    }
+
+
+def list_jobs(ctx: ServerContext, status: str | None = None) -> list[dict[str, Any]]:
+    with ctx.catalog.session() as s:
+        query = select(IngestJob).order_by(IngestJob.id)
+        if status:
+            query = query.where(IngestJob.status == status)
+        return [job_view(job) for job in s.scalars(query)]
+
+
+def show_job(ctx: ServerContext, job_id: int) -> dict[str, Any]:
+    with ctx.catalog.session() as s:
+        job = s.get(IngestJob, job_id)
+        if job is None:
+            raise NotFound(f"no ingest job {job_id}")
+        view = job_view(job)
+        rows = s.execute(
+            select(
+                IngestFile.path,
+                IngestFile.uuid,
+                IngestFile.size,
+                IngestFile.sha256,
+                IngestFile.state,
+                IngestFile.stored_key,
+            )
+            .where(IngestFile.job_id == job_id)
+            .order_by(IngestFile.path)
+        )
+        view["files"] = [
+            {
+                "path": r.path,
+                "uuid": r.uuid,
+                "size": r.size,
+                "sha256": r.sha256,
+                "state": r.state,
+                "stored_key": r.stored_key,
+            }
+            for r in rows
+        ]
+        return view

@@ -1,0 +1,559 @@
+"""The stages of one bag: stage, validate, verify, store, record, cleanup.
+
+Each stage is idempotent and checkpointed in the catalog. A stage's progress
+is saved in batches (every :data:`CHECKPOINT_FILES` files or
+:data:`CHECKPOINT_SECONDS`), together with a renewal of the worker's lease, and
+the job moves to the next stage only once a stage has finished. An attempt
+killed anywhere resumes at its stage and skips what was checkpointed:
+
+- ``stage`` re-streams the tar to reach the files not yet staged, after
+  deleting whatever a killed attempt wrote past its last checkpoint;
+- ``verify`` and ``store`` go on from the first file not yet marked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from stagebox.checksums import BUFFER_SIZE, MultiHasher
+from stagebox.errors import StageboxError, StorageError
+from stagebox.ingest import jobs
+from stagebox.ingest.bagit import BagEntry, Problem, Profile, validate
+from stagebox.ingest.digests import BagHasher, HashLane
+from stagebox.ingest.tarstream import Member, TarBag
+from stagebox.server.db.models import IngestFile, IngestJob, IngestStage, IngestStatus, utcnow
+from stagebox.server.services.context import ServerContext
+from stagebox.storage import StorageBackend
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILES = 500
+CHECKPOINT_SECONDS = 1.0
+ERROR_CAP = 100
+UUID_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+Progress = Callable[[int, str], None]
+
+
+class InvalidBag(StageboxError):
+    """The bag broke BagIt or its profile; retrying cannot help."""
+
+
+class Stopped(StageboxError):
+    """The worker was asked to stop; the job goes back to the queue as it stands."""
+
+
+class StagedCopyBad(StorageError):
+    """A staged or stored copy does not hold what the tar held."""
+
+
+class _CutShort(Exception):
+    """The tar ended inside this entry (the reader has recorded the problem)."""
+
+
+class _CountingReader:
+    """Counts the bytes read from the receiving box (all attempts add up)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self.count += len(data)
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+@dataclass
+class Attempt:
+    """One worker's attempt at one job."""
+
+    ctx: ServerContext
+    job: IngestJob
+    owner: str
+    progress: Progress | None = None
+    stop: threading.Event | None = None
+    _last: float = field(default_factory=time.monotonic)
+
+    @property
+    def prefix(self) -> str:
+        """The job's staging prefix; the trailing slash keeps job 1 out of job 10's."""
+        return f"{self.job.id}/"
+
+    def staged_objects(self) -> list[str]:
+        """Every key under the job's own prefix in the staging box."""
+        prefix = self.prefix
+        return [o.key for o in self.staging.list(prefix[:-1]) if o.key.startswith(prefix)]
+
+    @property
+    def receiving(self) -> StorageBackend:
+        return self.ctx.backend(self.job.receiving_box_id)
+
+    @property
+    def staging(self) -> StorageBackend:
+        return self.ctx.backend(self.job.staging_box_id)
+
+    @property
+    def permanent(self) -> StorageBackend:
+        return self.ctx.backend(self.job.permanent_box_id)
+
+    def checkpoint(self, session: Session, **values: Any) -> None:
+        """Save ``values`` and renew the lease; after a stop request, end the attempt here."""
+        jobs.renew(session, self.ctx, self.job.id, self.owner, **values)
+        self._last = time.monotonic()
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped(f"job {self.job.id}: stopped at a checkpoint")
+
+    def due(self, pending: int) -> bool:
+        return pending >= CHECKPOINT_FILES or time.monotonic() - self._last >= CHECKPOINT_SECONDS
+
+    def advance(self, stage: IngestStage, **values: Any) -> None:
+        with self.ctx.catalog.session() as s:
+            self.checkpoint(s, stage=stage, **values)
+        self.job.stage = stage
+        if self.progress:
+            self.progress(self.job.id, f"stage {stage}")
+
+
+def _files(session: Session, job_id: int, *columns: Any, where: Any = None) -> list[Any]:
+    query = select(IngestFile.id, *columns).where(IngestFile.job_id == job_id)
+    if where is not None:
+        query = query.where(where)
+    return list(session.execute(query.order_by(IngestFile.id)))
+
+
+def _previous_files(attempt: Attempt) -> dict[str, tuple[str, str, str | None]]:
+    """Path -> (uuid, sha256, stored key) from the last stored version of this bag."""
+    job = attempt.job
+    with attempt.ctx.catalog.session() as s:
+        last = s.scalar(
+            select(IngestJob.id)
+            .where(
+                IngestJob.name == job.name,
+                IngestJob.permanent_box_id == job.permanent_box_id,
+                IngestJob.status == IngestStatus.succeeded,
+                IngestJob.id != job.id,
+            )
+            .order_by(IngestJob.id.desc())
+            .limit(1)
+        )
+        if last is None:
+            return {}
+        rows = s.execute(
+            select(
+                IngestFile.path, IngestFile.uuid, IngestFile.sha256, IngestFile.stored_key
+            ).where(IngestFile.job_id == last)
+        )
+        return {r.path: (r.uuid, r.sha256, r.stored_key) for r in rows}
+
+
+# -- stage ---------------------------------------------------------------------
+
+
+def _write_entry(
+    staging: StorageBackend,
+    keys: list[str],
+    member: Member,
+    stream: BinaryIO,
+    bag: str,
+    lane: HashLane,
+) -> dict[str, str]:
+    """Write one tar entry to every key in ``keys`` while hashing it once."""
+    hasher = BagHasher(lane)
+    metadata = {"bag": bag, "path": member.path}
+    writers = [staging.open_write(k, 0, size_hint=member.size, metadata=metadata) for k in keys]
+    try:
+        while chunk := stream.read(BUFFER_SIZE):
+            hasher.update(chunk)
+            for writer in writers:
+                writer.write(chunk)
+        if hasher.length != member.size:
+            raise _CutShort(member.path)
+        digests = hasher.hexdigests()
+        for writer in writers:
+            writer.metadata.update(md5=digests["md5"], sha256=digests["sha256"])
+    except BaseException:
+        for writer, key in zip(writers, keys, strict=True):
+            writer.close()
+            staging.delete(key)
+        raise
+    for writer in writers:
+        writer.close()
+    return digests
+
+
+def run_stage(attempt: Attempt) -> None:
+    """Stream the tar once; stage every regular entry under ``<job>/<uuid>``."""
+    job, staging, prefix = attempt.job, attempt.staging, attempt.prefix
+    with attempt.ctx.catalog.session() as s:
+        done = {
+            r.path: (r.uuid, r.is_tag)
+            for r in _files(s, job.id, IngestFile.path, IngestFile.uuid, IngestFile.is_tag)
+        }
+    keep = {prefix + u for u, _ in done.values()}
+    keep |= {prefix + path for path, (_, tag) in done.items() if tag}
+    for key in attempt.staged_objects():
+        if key not in keep:  # written by a killed attempt after its last checkpoint
+            staging.delete(key)
+    previous = _previous_files(attempt)
+    rows: list[dict[str, Any]] = []
+    counts = {"read": 0, "staged": 0}
+    reader = _CountingReader(attempt.receiving.open_read(job.bag))
+
+    def save(session: Session, **values: Any) -> None:
+        if rows:
+            session.execute(insert(IngestFile), rows)
+        attempt.checkpoint(
+            session,
+            bytes_read=IngestJob.bytes_read + (reader.count - counts["read"]),
+            bytes_staged=IngestJob.bytes_staged + counts["staged"],
+            **values,
+        )
+        counts["read"] = reader.count
+        counts["staged"] = 0
+        rows.clear()
+
+    tar = TarBag(reader)
+    extra: list[Problem] = []
+    try:
+        with HashLane() as lane:
+            for member, stream in tar:
+                if member.path in done:
+                    continue
+                is_tag = not member.path.startswith("data/")
+                if is_tag and UUID_NAME.fullmatch(member.path):
+                    extra.append(Problem(member.path, "a top-level tag file named like a uuid"))
+                    continue
+                file_uuid = previous[member.path][0] if member.path in previous else None
+                file_uuid = file_uuid or str(uuid.uuid4())
+                keys = [prefix + file_uuid] + ([prefix + member.path] if is_tag else [])
+                try:
+                    digests = _write_entry(staging, keys, member, stream, job.name, lane)
+                except _CutShort:
+                    break  # a truncated tar: nothing partial is kept
+                counts["staged"] += member.size * len(keys)
+                rows.append(
+                    {
+                        "job_id": job.id,
+                        "path": member.path,
+                        "uuid": file_uuid,
+                        "size": member.size,
+                        "is_tag": is_tag,
+                        "state": "staged",
+                        "staged_at": utcnow(),
+                        **digests,
+                    }
+                )
+                if attempt.due(len(rows)):
+                    with attempt.ctx.catalog.session() as s:
+                        save(s)
+                    if attempt.progress:
+                        attempt.progress(job.id, f"staged {member.path}")
+    finally:
+        reader.close()
+    problems = [[p.path, p.rule] for p in (*tar.problems, *extra)]
+    with attempt.ctx.catalog.session() as s:
+        save(s, problems=problems, payload_dir="data" in tar.dirs, stage=IngestStage.validate)
+    attempt.job.stage = IngestStage.validate
+
+
+# -- validate ------------------------------------------------------------------
+
+
+def run_validate(attempt: Attempt) -> None:
+    """Judge the bag from what ``stage`` recorded; only tag files are read again."""
+    job = attempt.job
+    with attempt.ctx.catalog.session() as s:
+        fresh = s.get(IngestJob, job.id)
+        assert fresh is not None
+        problems = [Problem(path, rule) for path, rule in fresh.problems]
+        payload_dir = fresh.payload_dir
+        rows = _files(
+            s,
+            job.id,
+            IngestFile.path,
+            IngestFile.size,
+            IngestFile.md5,
+            IngestFile.sha1,
+            IngestFile.sha256,
+            IngestFile.sha512,
+        )
+    entries = {
+        r.path: BagEntry(
+            r.path, r.size, {"md5": r.md5, "sha1": r.sha1, "sha256": r.sha256, "sha512": r.sha512}
+        )
+        for r in rows
+    }
+    del rows
+    staging, prefix = attempt.staging, attempt.prefix
+
+    def read_tag(path: str) -> bytes:
+        with staging.open_read(prefix + path) as f:
+            return f.read()
+
+    profile = Profile.from_dict(job.profile, source=f"job {job.id}") if job.profile else None
+    report = validate(
+        entries,
+        read_tag,
+        profile,
+        structural=problems,
+        serialization="tar",
+        payload_dir=payload_dir or None,
+    )
+    warnings = [str(w) for w in report.warnings][:ERROR_CAP]
+    if report.valid:
+        attempt.advance(IngestStage.verify, warnings=warnings)
+        return
+    lines = report.error_lines(ERROR_CAP)
+    log.info("job %s: bag %s is invalid (%d errors)", job.id, job.bag, len(report.errors))
+    _remove_staged(attempt)
+    with attempt.ctx.catalog.session() as s:
+        s.execute(delete(IngestFile).where(IngestFile.job_id == job.id))
+        attempt.checkpoint(
+            s,
+            status=IngestStatus.failed,
+            errors=lines,
+            error_count=len(report.errors),
+            warnings=warnings,
+            finished_at=utcnow(),
+            lease_owner=None,
+        )
+    raise InvalidBag(f"bag {job.bag} is invalid: {len(report.errors)} errors")
+
+
+# -- verify, store, record, cleanup --------------------------------------------
+
+
+def _marked(
+    attempt: Attempt,
+    column: Any,
+    each: Callable[[Any], dict[str, Any]],
+    before_save: Callable[[], None] | None = None,
+) -> None:
+    """Run ``each`` over the job's files where ``column`` is unset, saving in batches."""
+    job = attempt.job
+    with attempt.ctx.catalog.session() as s:
+        todo = _files(
+            s,
+            job.id,
+            IngestFile.path,
+            IngestFile.uuid,
+            IngestFile.size,
+            IngestFile.sha256,
+            where=column.is_(None),
+        )
+    done: list[dict[str, Any]] = []
+
+    def save() -> None:
+        if before_save and done:
+            before_save()
+        with attempt.ctx.catalog.session() as s:
+            for values in done:
+                s.execute(
+                    update(IngestFile).where(IngestFile.id == values.pop("id")).values(values)
+                )
+            attempt.checkpoint(s)
+        done.clear()
+
+    for row in todo:
+        done.append({"id": row.id, **each(row)})
+        if attempt.due(len(done)):
+            save()
+    save()
+
+
+def run_verify(attempt: Attempt) -> None:
+    """Read every staged object back: its size and sha256 must be what stage saw."""
+    staging, prefix = attempt.staging, attempt.prefix
+
+    def check(row: Any) -> dict[str, Any]:
+        key = prefix + row.uuid
+        hasher = MultiHasher(("sha256",))
+        with staging.open_read(key) as f:
+            hasher.update_from(f)
+        if hasher.length != row.size:
+            raise StagedCopyBad(
+                f"{row.path}: staged {key} holds {hasher.length} bytes, the tar had {row.size}"
+            )
+        if hasher.hexdigest("sha256") != row.sha256:
+            raise StagedCopyBad(f"{row.path}: staged {key} no longer hashes to its sha256")
+        return {"verified_at": utcnow(), "state": "verified"}
+
+    try:
+        _marked(attempt, IngestFile.verified_at, check)
+    except StagedCopyBad:
+        _restage(attempt)
+        raise
+    attempt.advance(IngestStage.store)
+
+
+def _restage(attempt: Attempt) -> None:
+    """A staged object went bad: forget what was staged so the next attempt stages again."""
+    _remove_staged(attempt)
+    with attempt.ctx.catalog.session() as s:
+        s.execute(delete(IngestFile).where(IngestFile.job_id == attempt.job.id))
+        attempt.checkpoint(s, stage=IngestStage.stage)
+
+
+def run_store(attempt: Attempt) -> None:
+    """Promote each file to the permanent box under its uuid; unchanged ones stay as they are."""
+    staging, permanent, prefix = attempt.staging, attempt.permanent, attempt.prefix
+    previous = _previous_files(attempt)
+    box_id = attempt.job.permanent_box_id
+
+    def store(row: Any) -> dict[str, Any]:
+        _uuid, sha256, kept_as = previous.get(row.path, ("", "", None))
+        if kept_as and sha256 == row.sha256 and permanent.size(kept_as) == row.size:
+            return {
+                "stored_at": utcnow(),
+                "state": "unchanged",
+                "stored_key": kept_as,
+                "stored_box_id": box_id,
+            }
+        dest_key = row.uuid
+        result = staging.promote(prefix + row.uuid, permanent, dest_key, ("sha256",), sync=False)
+        if not result.renamed and result.digests.get("sha256") != row.sha256:
+            permanent.delete(dest_key)
+            raise StagedCopyBad(f"{row.path}: the copy into {permanent.name} did not match")
+        return {
+            "stored_at": utcnow(),
+            "state": "stored",
+            "stored_key": dest_key,
+            "stored_box_id": box_id,
+        }
+
+    _marked(attempt, IngestFile.stored_at, store, before_save=permanent.flush)
+    attempt.advance(IngestStage.record)
+
+
+def run_record(attempt: Attempt) -> None:
+    """The job's outcome: every file stored, with its digests, uuid and storage record."""
+    with attempt.ctx.catalog.session() as s:
+        missing = s.scalar(
+            select(IngestFile.path)
+            .where(IngestFile.job_id == attempt.job.id, IngestFile.stored_at.is_(None))
+            .limit(1)
+        )
+    if missing is not None:
+        raise StorageError(f"{missing}: not stored, yet the store stage ended")
+    attempt.advance(IngestStage.cleanup)
+
+
+def _remove_staged(attempt: Attempt) -> int:
+    """Delete every object under the job's own staging prefix, and nothing else."""
+    keys = attempt.staged_objects()
+    for key in keys:
+        attempt.staging.delete(key)
+    return len(keys)
+
+
+def run_cleanup(attempt: Attempt) -> None:
+    _remove_staged(attempt)
+    job = attempt.job
+    if job.delete_received:
+        attempt.receiving.delete(job.bag)
+    with attempt.ctx.catalog.session() as s:
+        s.execute(
+            update(IngestFile)
+            .where(IngestFile.job_id == job.id, IngestFile.state == "verified")
+            .values(state="stored")
+        )
+        attempt.checkpoint(
+            s,
+            stage=IngestStage.done,
+            status=IngestStatus.succeeded,
+            finished_at=utcnow(),
+            lease_owner=None,
+        )
+    attempt.job.stage = IngestStage.done
+
+
+STAGES: dict[str, Callable[[Attempt], None]] = {
+    IngestStage.stage: run_stage,
+    IngestStage.validate: run_validate,
+    IngestStage.verify: run_verify,
+    IngestStage.store: run_store,
+    IngestStage.record: run_record,
+    IngestStage.cleanup: run_cleanup,
+}
+
+
+def _stages(attempt: Attempt) -> Iterator[Callable[[Attempt], None]]:
+    while attempt.job.stage != IngestStage.done:
+        yield STAGES[attempt.job.stage]
+
+
+def _attempt_failed(ctx: ServerContext, job_id: int, owner: str, exc: BaseException) -> str:
+    """Record a failed attempt: retry later with backoff, or fail for an operator."""
+    with ctx.catalog.session() as s:
+        job = s.get(IngestJob, job_id)
+        if job is None or job.lease_owner != owner:
+            return "lost"
+        message = f"attempt {job.attempts} at {job.stage}: {exc}"
+        job.errors = [*job.errors, message][-ERROR_CAP:]
+        job.error_count += 1
+        job.lease_owner = None
+        job.lease_until = None
+        if job.attempts > ctx.settings.ingest_retries:
+            job.status = IngestStatus.failed
+            job.finished_at = utcnow()
+            return "failed"
+        delay = ctx.settings.ingest_backoff * 2 ** (job.attempts - 1)
+        job.status = IngestStatus.pending
+        job.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
+        return "retry"
+
+
+def run_job(
+    ctx: ServerContext,
+    job_id: int,
+    owner: str,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> str:
+    """One attempt at ``job_id``: its remaining stages, in order.
+
+    Returns what became of it: ``succeeded``, ``invalid``, ``retry``,
+    ``failed``, ``busy`` (someone else holds it), ``lost`` (superseded or
+    requeued mid-attempt) or ``stopped`` (``stop`` was set; the job is pending
+    again from its last checkpoint, and the attempt does not count).
+    """
+    job = jobs.claim(ctx, job_id, owner)
+    if job is None:
+        return "busy"
+    attempt = Attempt(ctx, job, owner, progress, stop)
+    if progress:
+        progress(job.id, f"attempt {job.attempts} from stage {job.stage}")
+    try:
+        for stage in _stages(attempt):
+            stage(attempt)
+    except InvalidBag:
+        return "invalid"
+    except Stopped:
+        jobs.release(ctx, job_id, owner)
+        return "stopped"
+    except jobs.LeaseLost:
+        with ctx.catalog.session() as s:
+            fresh = s.get(IngestJob, job_id)
+            superseded = fresh is not None and fresh.superseded_by is not None
+        if superseded:
+            _remove_staged(attempt)
+        return "lost"
+    except Exception as exc:
+        log.warning("job %s: attempt failed at %s: %s", job_id, attempt.job.stage, exc)
+        return _attempt_failed(ctx, job_id, owner, exc)
+    return "succeeded"

@@ -1,0 +1,103 @@
+"""The ingest loop: find bags, queue their jobs on the task runner, wait for them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from stagebox.ingest import jobs, stages
+from stagebox.server.db.models import IngestJob, IngestStatus, utcnow
+from stagebox.server.services.context import ServerContext
+from stagebox.tasks import ThreadTaskRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestRun:
+    """What one ``stagebox ingest run`` works on, and how."""
+
+    ctx: ServerContext
+    boxes: jobs.Boxes
+    profile: dict[str, Any] | None
+    workers: int = 2
+    delete_received: bool = False
+    poll: float = 5.0
+    progress: stages.Progress | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def _wake_in(self, watched: set[int]) -> float:
+        """Seconds until the soonest retry among ``watched`` (at most ``poll``)."""
+        with self.ctx.catalog.session() as s:
+            soonest = s.scalar(
+                select(IngestJob.next_attempt_at)
+                .where(
+                    IngestJob.id.in_(watched),
+                    IngestJob.status == IngestStatus.pending,
+                    IngestJob.next_attempt_at.is_not(None),
+                )
+                .order_by(IngestJob.next_attempt_at)
+                .limit(1)
+            )
+        if soonest is None:
+            return self.poll
+        return max(0.05, min(self.poll, (soonest - utcnow()).total_seconds()))
+
+    def _ended(self, watched: set[int]) -> dict[int, str]:
+        with self.ctx.catalog.session() as s:
+            rows = s.execute(
+                select(IngestJob.id, IngestJob.status).where(IngestJob.id.in_(watched))
+            ).all()
+        return {r.id: r.status for r in rows if r.status in jobs.ENDED}
+
+    def run(self, once: bool) -> dict[int, str]:
+        """Ingest until every job found has ended (``once``) or until stopped.
+
+        Returns the status of each job this run watched.
+        """
+        owner = jobs.worker_id()
+        wake = threading.Event()
+
+        def task(job_id: int) -> None:
+            try:
+                outcome = stages.run_job(self.ctx, job_id, owner, self.progress, self.stop)
+                if self.progress:
+                    self.progress(job_id, outcome)
+            finally:
+                wake.set()
+
+        runner = ThreadTaskRunner({"ingest": task}, workers=self.workers)
+        watched: set[int] = set()
+        try:
+            while not self.stop.is_set():
+                watched |= set(
+                    jobs.discover(
+                        self.ctx,
+                        self.boxes,
+                        profile=self.profile,
+                        delete_received=self.delete_received,
+                    )
+                )
+                watched |= set(jobs.unfinished(self.ctx, self.boxes.receiving))
+                for job_id in jobs.runnable(self.ctx, watched):
+                    runner.submit("ingest", job_id=job_id)
+                ended = self._ended(watched)
+                if once and len(ended) == len(watched):
+                    return ended
+                wake.wait(self._wake_in(watched - set(ended)) if watched else self.poll)
+                wake.clear()
+        except KeyboardInterrupt:
+            self.stop.set()  # running attempts end at their next checkpoint
+            raise
+        finally:
+            runner.shutdown()
+        return self._ended(watched)
+
+
+def exit_code(outcome: dict[int, str]) -> int:
+    """0 only when every watched job succeeded."""
+    return 0 if all(status == IngestStatus.succeeded for status in outcome.values()) else 1
