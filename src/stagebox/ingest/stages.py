@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -193,6 +194,9 @@ def _write_entry(
         raise
     for writer in writers:
         writer.close()
+    # Flushing now, while the rest of the tar streams, leaves little for the
+    # sync before the store stage records anything.
+    staging.start_writeback(keys[0])
     return digests
 
 
@@ -343,8 +347,13 @@ def _marked(
     column: Any,
     each: Callable[[Any], dict[str, Any]],
     before_save: Callable[[], None] | None = None,
+    workers: int = 2,
 ) -> None:
-    """Run ``each`` over the job's files where ``column`` is unset, saving in batches."""
+    """Run ``each`` over the job's files where ``column`` is unset, saving in batches.
+
+    ``workers`` files are worked on at once (reading back and hashing, or
+    server-side copies, wait on I/O or release the GIL).
+    """
     job = attempt.job
     with attempt.ctx.catalog.session() as s:
         todo = _files(
@@ -369,10 +378,14 @@ def _marked(
             attempt.checkpoint(s)
         done.clear()
 
-    for row in todo:
-        done.append({"id": row.id, **each(row)})
-        if attempt.due(len(done)):
-            save()
+    window = 16 * workers  # files in flight: bounded, whatever the bag holds
+    with ThreadPoolExecutor(workers, thread_name_prefix="stagebox-ingest") as pool:
+        for start in range(0, len(todo), window):
+            rows = todo[start : start + window]
+            for row, values in zip(rows, pool.map(each, rows), strict=True):
+                done.append({"id": row.id, **values})
+            if attempt.due(len(done)):
+                save()
     save()
 
 

@@ -71,17 +71,21 @@ class _Source(io.RawIOBase):
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if self._head:
-            n = min(len(buffer), len(self._head))
-            buffer[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        try:
-            data = self._stream.read(len(buffer))
-        except OSError as exc:
-            raise _SourceFailed() from exc
+        data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes, handed on without a copy (an uncompressed tar is
+        read straight through this)."""
+        if self._head:
+            n = len(self._head) if size is None or size < 0 else min(size, len(self._head))
+            data, self._head = self._head[:n], self._head[n:]
+            return data
+        try:
+            return self._stream.read(-1 if size is None else size)
+        except OSError as exc:
+            raise _SourceFailed() from exc
 
 
 def _read_head(stream: ByteSource, size: int) -> bytes:
@@ -100,7 +104,8 @@ def _read_head(stream: ByteSource, size: int) -> bytes:
 def _decompressed(stream: ByteSource) -> tuple[BinaryIO, str | None]:
     """The tar bytes of ``stream`` and the compression found, by magic number."""
     head = _read_head(stream, 6)
-    source = cast(BinaryIO, io.BufferedReader(_Source(stream, head), CHUNK))
+    raw = _Source(stream, head)
+    source = cast(BinaryIO, io.BufferedReader(raw, CHUNK))
     if head.startswith(b"\x1f\x8b"):
         # GzipFile rather than tarfile's "r|gz": it checks the CRC and length.
         return cast(BinaryIO, gzip.GzipFile(fileobj=source, mode="rb")), "gzip"
@@ -108,7 +113,7 @@ def _decompressed(stream: ByteSource) -> tuple[BinaryIO, str | None]:
         return cast(BinaryIO, bz2.BZ2File(source)), "bzip2"
     if head.startswith(b"\xfd7zXZ\x00"):
         return cast(BinaryIO, lzma.LZMAFile(source)), "xz"
-    return source, None
+    return cast(BinaryIO, raw), None
 
 
 # Why tarfile stopped reading headers, by the exception's name (typeshed lacks them).
