@@ -95,12 +95,15 @@ def test_a_newer_version_supersedes_a_job_in_progress(ctx, receiving, ingest, tm
     tar_path = bag_tar(receiving, tmp_path)
     boxes = jobs.resolve_boxes(ctx, "inbox", None, None)
     old, _ = jobs.submit(ctx, boxes, "bag1.tar", profile=None)
+    with ctx.staging.open_write(f"{old.id}/left-by-an-earlier-attempt", 0) as w:
+        w.write(b"partial\n")
     os.utime(tar_path, ns=(1, 1))  # the depositor replaced the tar
 
     outcome = ingest()
 
     (newer,) = outcome
     assert outcome[newer] == "succeeded" and newer != old.id
+    assert staged_keys(ctx) == []  # what the superseded job had staged is gone
     superseded = job_row(ctx, old.id)
     assert (superseded.status, superseded.superseded_by) == ("failed", newer)
     assert "superseded by job" in superseded.errors[0]

@@ -31,6 +31,7 @@ from stagebox.server.db.models import (
     utcnow,
 )
 from stagebox.server.services.context import ServerContext
+from stagebox.storage import StorageBackend
 
 ENDED = (IngestStatus.succeeded, IngestStatus.failed)
 STAGES = tuple(s for s in IngestStage if s is not IngestStage.done)
@@ -150,14 +151,26 @@ def submit(
         )
         s.add(job)
         s.flush()
-        s.execute(
-            update(IngestJob)
-            .where(
+        older = s.execute(
+            select(
+                IngestJob.id, IngestJob.staging_box_id, IngestJob.status, IngestJob.lease_owner
+            ).where(
                 IngestJob.receiving_box_id == boxes.receiving,
                 IngestJob.bag == key,
                 IngestJob.id != job.id,
                 IngestJob.status.in_([IngestStatus.pending, IngestStatus.running]),
             )
+        ).all()
+        # A running job's worker removes what it staged once it sees it lost the
+        # job; nobody else will for a job no live worker holds.
+        orphaned = [
+            (row.id, row.staging_box_id)
+            for row in older
+            if row.status == IngestStatus.pending or _owner_is_gone(row.lease_owner)
+        ]
+        s.execute(
+            update(IngestJob)
+            .where(IngestJob.id.in_([row.id for row in older]))
             .values(
                 status=IngestStatus.failed,
                 superseded_by=job.id,
@@ -167,7 +180,19 @@ def submit(
                 updated_at=utcnow(),
             )
         )
-        return job, True
+    for job_id, staging_box_id in orphaned:
+        remove_staged(ctx.backend(staging_box_id), job_id)
+    return job, True
+
+
+def remove_staged(staging: StorageBackend, job_id: int) -> int:
+    """Delete every object under ``<job_id>/`` in ``staging``, and nothing else
+    (the slash keeps job 1 out of job 10's objects)."""
+    prefix = f"{job_id}/"
+    keys = [o.key for o in staging.list(str(job_id)) if o.key.startswith(prefix)]
+    for key in keys:
+        staging.delete(key)
+    return len(keys)
 
 
 def discover(

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from stagebox.checksums import BUFFER_SIZE, MultiHasher
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILES = 500
 CHECKPOINT_SECONDS = 1.0
 ERROR_CAP = 100
+WRITEBACK_FROM = 1 << 20
 UUID_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 Progress = Callable[[int, str], None]
@@ -98,7 +99,7 @@ class Attempt:
     def staged_objects(self) -> list[str]:
         """Every key under the job's own prefix in the staging box."""
         prefix = self.prefix
-        return [o.key for o in self.staging.list(prefix[:-1]) if o.key.startswith(prefix)]
+        return [o.key for o in self.staging.list(str(self.job.id)) if o.key.startswith(prefix)]
 
     @property
     def receiving(self) -> StorageBackend:
@@ -195,8 +196,10 @@ def _write_entry(
     for writer in writers:
         writer.close()
     # Flushing now, while the rest of the tar streams, leaves little for the
-    # sync before the store stage records anything.
-    staging.start_writeback(keys[0])
+    # sync before the store stage records anything (small files are left to
+    # that sync: the call would cost more than it saves).
+    if member.size >= WRITEBACK_FROM:
+        staging.start_writeback(keys[0])
     return digests
 
 
@@ -371,9 +374,16 @@ def _marked(
         if before_save and done:
             before_save()
         with attempt.ctx.catalog.session() as s:
-            for values in done:
-                s.execute(
-                    update(IngestFile).where(IngestFile.id == values.pop("id")).values(values)
+            if done:
+                # One statement for the batch (executemany), not one per file.
+                table = IngestFile.__table__
+                assert isinstance(table, Table)
+                names = [name for name in done[0] if name != "row_id"]
+                s.connection().execute(
+                    update(table)
+                    .where(table.c.id == bindparam("row_id"))
+                    .values({name: bindparam(name) for name in names}),
+                    done,
                 )
             attempt.checkpoint(s)
         done.clear()
@@ -383,7 +393,7 @@ def _marked(
         for start in range(0, len(todo), window):
             rows = todo[start : start + window]
             for row, values in zip(rows, pool.map(each, rows), strict=True):
-                done.append({"id": row.id, **values})
+                done.append({"row_id": row.id, **values})
             if attempt.due(len(done)):
                 save()
     save()
@@ -468,10 +478,7 @@ def run_record(attempt: Attempt) -> None:
 
 def _remove_staged(attempt: Attempt) -> int:
     """Delete every object under the job's own staging prefix, and nothing else."""
-    keys = attempt.staged_objects()
-    for key in keys:
-        attempt.staging.delete(key)
-    return len(keys)
+    return jobs.remove_staged(attempt.staging, attempt.job.id)
 
 
 def run_cleanup(attempt: Attempt) -> None:
