@@ -249,5 +249,6 @@ def test_server_killed_mid_upload_the_stagebox_client_sends_the_file_again(
     assert wait_stored(api, "big.bin")["state"] == "stored"
     assert stored_bytes(server) == [data]
     # and the upload the dead server left open is aborted with the staged object
-    assert leftovers(bucket) == ([], [])
+    # (the staged object is deleted once the promotion is recorded, just after)
+    wait_for(lambda: leftovers(bucket) == ([], []), "the open upload aborted")
     assert objects(bucket) == []
