@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from stagebox.checksums import BUFFER_SIZE, MultiHasher
 from stagebox.errors import StageboxError, StorageError
 from stagebox.ingest import jobs
-from stagebox.ingest.bagit import BagEntry, Problem, Profile, validate
+from stagebox.ingest.bagit import ALGORITHMS, BagEntry, Problem, Profile, validate
 from stagebox.ingest.digests import BagHasher, HashLane
 from stagebox.ingest.tarstream import Member, TarBag
 from stagebox.server.db.models import IngestFile, IngestJob, IngestStage, IngestStatus, utcnow
@@ -289,23 +289,17 @@ def run_validate(attempt: Attempt) -> None:
         assert fresh is not None
         problems = [Problem(path, rule) for path, rule in fresh.problems]
         payload_dir = fresh.payload_dir
-        rows = _files(
-            s,
-            job.id,
-            IngestFile.path,
-            IngestFile.size,
-            IngestFile.md5,
-            IngestFile.sha1,
-            IngestFile.sha256,
-            IngestFile.sha512,
+        tags = set(
+            s.scalars(select(IngestFile.path).where(IngestFile.job_id == job.id, IngestFile.is_tag))
         )
-    entries = {
-        r.path: BagEntry(
-            r.path, r.size, {"md5": r.md5, "sha1": r.sha1, "sha256": r.sha256, "sha512": r.sha512}
-        )
-        for r in rows
-    }
-    del rows
+        # Only the digests some manifest uses: for a bag of many small files the
+        # other three would be most of what validation holds in memory.
+        used = [a for a in ALGORITHMS if tags & {f"manifest-{a}.txt", f"tagmanifest-{a}.txt"}]
+        columns = [getattr(IngestFile, a) for a in used]
+        entries = {
+            r.path: BagEntry(r.path, r.size, dict(zip(used, r[3:], strict=True)))
+            for r in _files(s, job.id, IngestFile.path, IngestFile.size, *columns)
+        }
     staging, prefix = attempt.staging, attempt.prefix
 
     def read_tag(path: str) -> bytes:

@@ -39,7 +39,7 @@ def tune_allocator() -> None:
         return
     if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, 64 << 20)
-        mallopt(M_TRIM_THRESHOLD, 256 << 20)
+        mallopt(M_TRIM_THRESHOLD, 32 << 20)
 
 
 @dataclass
