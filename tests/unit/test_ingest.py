@@ -333,3 +333,15 @@ def test_a_stopped_worker_hands_its_job_back_at_the_next_checkpoint(ctx, receivi
     stopped = job_row(ctx, job.id)
     assert (stopped.status, stopped.attempts, stopped.lease_owner) == ("pending", 0, None)
     assert stages.run_job(ctx, job.id, jobs.worker_id()) == "succeeded"
+
+
+def test_the_received_tar_is_deleted_once_stored_only_when_asked(ctx, receiving, ingest, tmp_path):
+    good = bag_tar(receiving, tmp_path, "kept")
+    bad_dir = broken_bag(tmp_path / "made", "wrong_digest", name="spoilt", info=INFO)
+    bad = to_tar(bad_dir, receiving / "spoilt.tar")
+
+    outcome = ingest(delete_received=True)
+
+    assert sorted(outcome.values()) == ["failed", "succeeded"]
+    assert not good.exists()  # stored, so the depositor's tar is gone
+    assert bad.exists()  # an invalid bag's tar stays for the depositor
