@@ -44,42 +44,20 @@ err = Console(stderr=True, highlight=False)
 def _context(data_dir: Path | None) -> ServerContext:
     # Imported here: the catalog stack is heavy and most commands never need it.
     from stagebox.config import load_settings
-    from stagebox.server.db.session import Catalog
-    from stagebox.server.services.context import ServerContext
-    from stagebox.tasks import ThreadTaskRunner
+    from stagebox.server.runtime import build_context
 
-    settings = load_settings(data_dir=data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    catalog = Catalog(settings.catalog_url)
-    catalog.migrate()
-    ctx = ServerContext(settings=settings, catalog=catalog, runner=ThreadTaskRunner(workers=1))
-    ctx.ensure_embedded_boxes()
-    return ctx
+    return build_context(load_settings(data_dir=data_dir))
 
 
 def _profile(choice: str) -> dict[str, Any] | None:
     """The profile's JSON, kept on each job so a resumed job judges by the same rules."""
     if choice == "none":
         return None
-    from importlib import resources
+    from stagebox.ingest.profiles import Profile, profile_json
 
-    from stagebox.errors import InvalidInput
-    from stagebox.ingest.profiles import SHIPPED, Profile
-
-    path = Path(choice)
-    if not path.is_file() and choice in SHIPPED:
-        text = resources.files("stagebox.ingest").joinpath("profiles/aptrust.json").read_text()
-    else:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInput("--profile", f"cannot read {choice}: {exc}", choice) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput("--profile", f"{choice} is not JSON: {exc}", choice) from None
-    Profile.from_dict(data, source=choice)  # refuses a malformed profile now, not per job
-    return data  # type: ignore[no-any-return]
+    data, source = profile_json(choice)
+    Profile.from_dict(data, source)  # refuses a malformed profile now, not per job
+    return data
 
 
 def _boxes(ctx: ServerContext, receiving: str, staging: str | None, permanent: str | None) -> Boxes:

@@ -185,11 +185,16 @@ def submit(
     return job, True
 
 
-def remove_staged(staging: StorageBackend, job_id: int) -> int:
-    """Delete every object under ``<job_id>/`` in ``staging``, and nothing else
-    (the slash keeps job 1 out of job 10's objects)."""
+def staged_keys(staging: StorageBackend, job_id: int) -> list[str]:
+    """Every key under the job's own prefix ``<job_id>/`` in ``staging`` (the
+    slash keeps job 1 out of job 10's objects)."""
     prefix = f"{job_id}/"
-    keys = [o.key for o in staging.list(str(job_id)) if o.key.startswith(prefix)]
+    return [o.key for o in staging.list(str(job_id)) if o.key.startswith(prefix)]
+
+
+def remove_staged(staging: StorageBackend, job_id: int) -> int:
+    """Delete every object under the job's own staging prefix, and nothing else."""
+    keys = staged_keys(staging, job_id)
     for key in keys:
         staging.delete(key)
     return len(keys)

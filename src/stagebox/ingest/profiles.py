@@ -106,8 +106,7 @@ class Profile:
         computes anyway and which, unlike md5, still resists forgery. md5,
         sha1 and sha512 manifests are allowed beside it.
         """
-        text = resources.files("stagebox.ingest").joinpath("profiles/aptrust.json").read_text()
-        return cls.from_dict(_load_json(text, "aptrust.json"), source="aptrust")
+        return cls.from_dict(*profile_json("aptrust"))
 
     @classmethod
     def load(cls, spec: str) -> Profile:
@@ -115,23 +114,12 @@ class Profile:
 
         An existing file wins over the name. Anything else is InvalidInput.
         """
-        path = Path(spec)
-        if path.is_file():
-            return cls.from_file(path)
-        if spec in SHIPPED:
-            return cls.default()
-        raise InvalidInput(
-            "--profile", f"no such profile file {spec!r} (or use {', '.join(SHIPPED)})"
-        )
+        return cls.from_dict(*profile_json(spec))
 
     @classmethod
     def from_file(cls, path: Path) -> Profile:
         """Read a profile JSON file; InvalidInput names the file and the bad field."""
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInput(str(path), f"cannot read the profile: {exc}") from None
-        return cls.from_dict(_load_json(text, str(path)), source=Path(path).stem)
+        return cls.from_dict(_read_json(Path(path)), source=Path(path).stem)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str) -> Profile:
@@ -284,7 +272,28 @@ def _parse_version(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def _load_json(text: str, source: str) -> Mapping[str, Any]:
+def profile_json(spec: str) -> tuple[dict[str, Any], str]:
+    """A profile's parsed JSON and the name it goes by: a file by path, or the
+    shipped one by its name (an existing file wins). The ingest worker keeps
+    this JSON with each job; anything else is InvalidInput."""
+    path = Path(spec)
+    if path.is_file():
+        return _read_json(path), path.stem
+    if spec in SHIPPED:
+        text = resources.files("stagebox.ingest").joinpath(f"profiles/{spec}.json").read_text()
+        return _load_json(text, f"{spec}.json"), spec
+    raise InvalidInput("--profile", f"no such profile file {spec!r} (or use {', '.join(SHIPPED)})")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(str(path), f"cannot read the profile: {exc}") from None
+    return _load_json(text, str(path))
+
+
+def _load_json(text: str, source: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

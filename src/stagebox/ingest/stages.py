@@ -96,11 +96,6 @@ class Attempt:
         """The job's staging prefix; the trailing slash keeps job 1 out of job 10's."""
         return f"{self.job.id}/"
 
-    def staged_objects(self) -> list[str]:
-        """Every key under the job's own prefix in the staging box."""
-        prefix = self.prefix
-        return [o.key for o in self.staging.list(str(self.job.id)) if o.key.startswith(prefix)]
-
     @property
     def receiving(self) -> StorageBackend:
         return self.ctx.backend(self.job.receiving_box_id)
@@ -213,7 +208,7 @@ def run_stage(attempt: Attempt) -> None:
         }
     keep = {prefix + u for u, _ in done.values()}
     keep |= {prefix + path for path, (_, tag) in done.items() if tag}
-    for key in attempt.staged_objects():
+    for key in jobs.staged_keys(staging, job.id):
         if key not in keep:  # written by a killed attempt after its last checkpoint
             staging.delete(key)
     previous = _previous_files(attempt)
@@ -321,7 +316,7 @@ def run_validate(attempt: Attempt) -> None:
         return
     lines = report.error_lines(ERROR_CAP)
     log.info("job %s: bag %s is invalid (%d errors)", job.id, job.bag, len(report.errors))
-    _remove_staged(attempt)
+    jobs.remove_staged(attempt.staging, attempt.job.id)
     with attempt.ctx.catalog.session() as s:
         s.execute(delete(IngestFile).where(IngestFile.job_id == job.id))
         attempt.checkpoint(
@@ -420,7 +415,7 @@ def run_verify(attempt: Attempt) -> None:
 
 def _restage(attempt: Attempt) -> None:
     """A staged object went bad: forget what was staged so the next attempt stages again."""
-    _remove_staged(attempt)
+    jobs.remove_staged(attempt.staging, attempt.job.id)
     with attempt.ctx.catalog.session() as s:
         s.execute(delete(IngestFile).where(IngestFile.job_id == attempt.job.id))
         attempt.checkpoint(s, stage=IngestStage.stage)
@@ -470,13 +465,8 @@ def run_record(attempt: Attempt) -> None:
     attempt.advance(IngestStage.cleanup)
 
 
-def _remove_staged(attempt: Attempt) -> int:
-    """Delete every object under the job's own staging prefix, and nothing else."""
-    return jobs.remove_staged(attempt.staging, attempt.job.id)
-
-
 def run_cleanup(attempt: Attempt) -> None:
-    _remove_staged(attempt)
+    jobs.remove_staged(attempt.staging, attempt.job.id)
     job = attempt.job
     if job.delete_received:
         attempt.receiving.delete(job.bag)
@@ -565,7 +555,7 @@ def run_job(
             fresh = s.get(IngestJob, job_id)
             superseded = fresh is not None and fresh.superseded_by is not None
         if superseded:
-            _remove_staged(attempt)
+            jobs.remove_staged(attempt.staging, attempt.job.id)
         return "lost"
     except Exception as exc:
         log.warning("job %s: attempt failed at %s: %s", job_id, attempt.job.stage, exc)
