@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.measure import Measurement, run_measured
+from benchmarks.measure import run_measured
 from benchmarks.sides import Bench, Record, RunFailed, record
 from benchmarks.workloads import GiB, MiB, human_size, is_ready, mark
 from stagebox.server.process import stagebox_cmd
@@ -244,15 +244,7 @@ def tar_then_sha256(b: Bench, bag: Bag, label: str) -> Record:
             f"{_tail((run_dir / 'tar.err').read_text())}{_tail((run_dir / 'sha.err').read_text())}"
         )
     shutil.rmtree(run_dir)
-    both = Measurement(
-        wall_s=tar.wall_s + sha.wall_s,
-        exit_code=0,
-        client_cpu_s=tar.client_cpu_s + sha.client_cpu_s,
-        client_peak_rss=max(tar.client_peak_rss, sha.client_peak_rss),
-        server_cpu_s=None,
-        server_peak_rss=None,
-        samples=tar.samples + sha.samples,
-    )
+    both = tar.then(sha)
     return record(
         both,
         files=bag.spec.files,

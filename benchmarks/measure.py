@@ -163,6 +163,18 @@ class Measurement:
     def cpu_s(self) -> float:
         return self.client_cpu_s + (self.server_cpu_s or 0.0)
 
+    def then(self, after: Measurement) -> Measurement:
+        """Two client commands run one after the other, counted as one side."""
+        return Measurement(
+            wall_s=self.wall_s + after.wall_s,
+            exit_code=self.exit_code or after.exit_code,
+            client_cpu_s=self.client_cpu_s + after.client_cpu_s,
+            client_peak_rss=max(self.client_peak_rss, after.client_peak_rss),
+            server_cpu_s=None,
+            server_peak_rss=None,
+            samples=self.samples + after.samples,
+        )
+
 
 def wait_for_no_children(proc: psutil.Process, timeout: float) -> None:
     deadline = time.monotonic() + timeout

@@ -388,14 +388,6 @@ def cp_then_sha256(b: Bench, path: Path, label: str) -> Record:
         raise RunFailed(f"cp/sha256sum ({label}) exit {cp.exit_code}/{sha.exit_code}")
     digest = (run_dir / "sha.out").read_text().split()[0]
     shutil.rmtree(run_dir)
-    both = Measurement(
-        wall_s=cp.wall_s + sha.wall_s,
-        exit_code=0,
-        client_cpu_s=cp.client_cpu_s + sha.client_cpu_s,
-        client_peak_rss=max(cp.client_peak_rss, sha.client_peak_rss),
-        server_cpu_s=None,
-        server_peak_rss=None,
-        samples=cp.samples + sha.samples,
-    )
+    both = cp.then(sha)
     size = path.stat().st_size
     return record(both, files=1, bytes=size, cp_s=cp.wall_s, sha256_s=sha.wall_s, sha256=digest)
