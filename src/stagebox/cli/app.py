@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from stagebox.cli import admin, bag, demo, ingest, register, serve, upload
+from stagebox.cli import admin, bag, demo, ingest, packages, register, serve, upload
 from stagebox.errors import ConfigError, Forbidden, InvalidInput, StageboxError
 
 app = typer.Typer(
@@ -20,6 +20,8 @@ app.command("serve")(serve.serve)
 app.command("upload")(upload.upload)
 app.command("register")(register.register)
 app.command("demo")(demo.demo)
+app.command("pack")(packages.pack_command)
+app.command("push")(packages.push_command)
 app.add_typer(admin.app, name="admin")
 app.add_typer(bag.app, name="bag")
 app.add_typer(ingest.app, name="ingest")
