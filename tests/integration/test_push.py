@@ -11,7 +11,9 @@ import hashlib
 import json
 import os
 import pwd
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,3 +314,18 @@ def test_push_to_a_stagebox_server_ends_verified(
     assert package["directory"] == built.sha256[:16]
     again = job.run(*args[:-1])
     assert again.returncode == 0 and "already pushed" in again.stdout
+
+
+def test_a_host_that_never_answers_times_out(job: Job) -> None:
+    built = job.pack()
+    with socket.socket() as silent:  # accepts, then says nothing: like a filtering firewall
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        args = job.args(built.path, "--accept-new-host-key", "--connect-timeout", "1")
+        args[args.index("--push-port") + 1] = str(silent.getsockname()[1])
+        started = time.monotonic()
+        proc = job.run(*args)
+    assert proc.returncode == 1
+    assert "timed out" in proc.stderr and "stagebox push " in proc.stderr
+    assert time.monotonic() - started < 30
+    assert not record_path(built.path).exists()
