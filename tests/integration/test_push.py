@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import socket
 import subprocess
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 import asyncssh
 import httpx
 import pytest
+import yaml
 
 from stagebox.packages.declaration import Declaration
 from stagebox.packages.pack import PackResult, pack
@@ -123,7 +126,7 @@ def job(tmp_path: Path, push_host: PushHost, request: pytest.FixtureRequest) -> 
     (tmp_path / "run1.find.log").write_text("finished\n")
     declaration = tmp_path / "pipeline.yml"
     declaration.write_text(DECLARATION)
-    data = push_host.data / request.node.name[:60]
+    data = push_host.data / re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[:80]
     data.mkdir()
     os.chmod(data, 0o2770)
     os.chown(data, 0, push_host.data.stat().st_gid)
@@ -329,3 +332,32 @@ def test_a_host_that_never_answers_times_out(job: Job) -> None:
     assert "timed out" in proc.stderr and "stagebox push " in proc.stderr
     assert time.monotonic() - started < 30
     assert not record_path(built.path).exists()
+
+
+def test_a_key_the_host_does_not_know_is_named(job: Job, tmp_path: Path) -> None:
+    built = job.pack()
+    stranger = tmp_path / "stranger.pem"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    args = job.args(built.path, "--accept-new-host-key")
+    args[args.index("--push-key") + 1] = str(stranger)
+    proc = job.run(*args)
+    assert proc.returncode == 1
+    assert f"refused key {stranger}" in proc.stderr and "authorized_keys" in proc.stderr
+    assert list(job.data.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["../escape.log", "/etc/cron.d/x", "bell\x07.log"])
+def test_a_package_naming_an_unsafe_extra_file_is_refused(job: Job, name: str) -> None:
+    built = job.pack()
+    with zipfile.ZipFile(built.path) as z:
+        doc = yaml.safe_load(z.read("package.yml"))
+        entries = {n: z.read(n) for n in z.namelist()}
+    doc["extraPushFiles"][0]["name"] = name
+    entries["package.yml"] = yaml.safe_dump(doc).encode()
+    with zipfile.ZipFile(built.path, "w") as z:
+        for entry, data in entries.items():
+            z.writestr(entry, data)
+    proc = job.run(*job.args(built.path, "--accept-new-host-key"))
+    assert proc.returncode == 2
+    assert "extraPushFiles[0].name" in proc.stderr
+    assert list(job.data.iterdir()) == []

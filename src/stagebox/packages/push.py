@@ -32,7 +32,7 @@ from pathlib import Path
 import asyncssh
 
 from stagebox import ssh
-from stagebox.errors import ChecksumMismatch, ConnectionFailed, TransportError
+from stagebox.errors import AuthError, ChecksumMismatch, ConnectionFailed, TransportError
 from stagebox.packages.record import Package, PushFile
 
 CHUNK = 256 << 10
@@ -120,6 +120,11 @@ def push_ssh(
         return ssh.run(_push(package, destination, target, options, progress))
     except ConnectionFailed as exc:
         raise PushUnreachable(str(exc), destination.rerun(package.path)) from None
+    except AuthError:
+        raise AuthError(
+            f"{target} refused key {options.key}: is its public key "
+            f"({options.key}.pub) in {target.user}'s authorized_keys on {target.host}?"
+        ) from None
 
 
 async def _push(
@@ -136,13 +141,15 @@ async def _push(
         except (OSError, asyncssh.Error) as exc:
             raise ConnectionFailed(f"{target}: no SFTP service: {ssh.describe(exc)}") from None
         directory = destination.directory.rstrip("/") or "/"
-        await _check_directory(sftp, directory, target)
-        outcome = PushOutcome(destination.target)
-        for file in package.files:
-            try:
+        what = f"{directory} on {target}"
+        try:
+            await _check_directory(sftp, directory, target)
+            outcome = PushOutcome(destination.target)
+            for file in package.files:
+                what = f"push {file.name} to {target}"
                 outcome.files.append(await _put(sftp, file, directory, progress))
-            except (asyncssh.SFTPError, OSError) as exc:
-                raise TransportError(f"push {file.name} to {target}: {ssh.describe(exc)}") from None
+        except (asyncssh.SFTPError, OSError) as exc:
+            raise TransportError(f"{what}: {ssh.describe(exc)}") from None
         return outcome
     except (asyncssh.DisconnectError, asyncssh.ConnectionLost, ConnectionError) as exc:
         raise ConnectionFailed(f"lost the connection to {target}: {ssh.describe(exc)}") from None
