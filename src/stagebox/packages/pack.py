@@ -151,11 +151,7 @@ def _hash_local(file_type: str, path: Path, max_size: int | None, problem: Repor
             f"{max_size} (recorded as null)"
         )
         return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return Entry(file_type, path.name, st.st_size, digest.hexdigest(), {}, source=path)
+    return Entry(file_type, path.name, st.st_size, file_sha256(path), {}, source=path)
 
 
 def _check_flat(files: dict[str, Entry | None]) -> None:
