@@ -3,16 +3,20 @@
 Sides are alternated run by run (stagebox, peer, stagebox, peer, ...) so a noisy moment
 hits both; the first ``warmups`` rounds are recorded but not counted. A new case is one
 ``plan_*``/``run_*`` pair and one entry in ``CASES``; a case whose feature is missing (its
-``probe`` answers a reason, or it has no ``run`` yet) is listed as "not available".
+``probe`` answers a reason, or it has no ``run`` yet) is listed as "not available". A
+side that cannot run here (its tool missing), and in the quick profile every peer but the
+first, is left out with a note in the case's ``notes`` saying so.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from shutil import which
 from typing import Any
 
@@ -25,6 +29,14 @@ from benchmarks.ingest import (
     stagebox_ingest,
     tar_then_sha256,
 )
+from benchmarks.s3 import (
+    aws_s3_cp,
+    moto_reason,
+    rclone_s3,
+    real_command,
+    s3_stage,
+    stagebox_s3_upload,
+)
 from benchmarks.servers import SSHD, SftpStage
 from benchmarks.sides import (
     Bench,
@@ -32,17 +44,18 @@ from benchmarks.sides import (
     Record,
     RunFailed,
     cp_then_sha256,
+    in_stagebox_help,
     on_staging_sshd,
     rclone_copy,
     rsync_tree,
     scp_copy,
     scp_tree,
     sftp_put,
-    stagebox_help,
     stagebox_sftp_upload,
     stagebox_upload,
 )
-from benchmarks.workloads import MiB, big_file, human_size, small_tree
+from benchmarks.tus import TusNodeServer, curl_to_stagebox, curl_to_tus_node, tus_node_reason
+from benchmarks.workloads import MiB, big_file, human_size, sha256_of, small_tree
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,8 @@ class CaseResult:
     params: dict[str, Any] = field(default_factory=dict)
     status: str = "ok"  # ok | failed | not available
     reason: str = ""
+    notes: list[str] = field(default_factory=list)  # e.g. a peer left out, and why
+    duration_s: float = 0.0  # the whole case: set-up, workloads, runs, checks
     runs: list[Record] = field(default_factory=list)
 
 
@@ -86,6 +101,15 @@ class Case:
 
 def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / MiB:5.1f} MiB"
+
+
+def peers(p: Profile, first: str, others: list[str], notes: list[str]) -> list[str]:
+    """The case's first peer (the one its target names) and, unless the profile runs only
+    that one (quick), the others; what is left out is said in ``notes``."""
+    if p.all_peers or not others:
+        return [first, *others]
+    notes.append(f"{', '.join(others)} left out in the {p.name} profile (--full runs them)")
+    return [first]
 
 
 def alternate(
@@ -110,29 +134,75 @@ def alternate(
             )
 
 
-# -- http 1 GiB: stagebox upload vs scp -------------------------------------------------
+# -- http 1 GiB: stagebox upload vs scp, and vs curl (tus) to stagebox and to @tus/server ---
+
+
+TUS_SIDES = ["curl to stagebox", "curl to @tus/server"]
 
 
 def plan_http_big(p: Profile) -> CaseResult:
     return CaseResult(
         name="http-big",
-        title=f"http {human_size(p.big_bytes)}: stagebox upload vs scp",
-        sides=["stagebox", "scp"],
+        title=(
+            f"http {human_size(p.big_bytes)}: stagebox upload vs scp, and vs curl as a stock tus "
+            "client (POST + one PATCH) to stagebox's /files/ and to @tus/server (Node, FileStore)"
+        ),
+        sides=["stagebox", "scp", *TUS_SIDES],
         ratio_of="throughput",
         targets=[Target("http: stagebox throughput >= 2x scp throughput", ">=", 2.0)],
         params={"file_bytes": p.big_bytes, "warmups": p.warmups, "runs": p.runs},
     )
 
 
+def node_dir(b: Bench) -> Path:
+    return b.work / "node"
+
+
+@contextmanager
+def tus_node(b: Bench, result: CaseResult) -> Iterator[TusNodeServer | None]:
+    """@tus/server for the case (None, with a note and its side left out, where it cannot
+    be installed or started); stopped on leaving."""
+    if "curl to @tus/server" not in result.sides:  # no curl
+        yield None
+        return
+    reason = tus_node_reason(node_dir(b))
+    node = None if reason else TusNodeServer(node_dir(b), b.fresh_dir(f"{result.name}-node"))
+    if node is not None:
+        print("  setting up: @tus/server (node)", flush=True)
+        try:
+            node.start()
+        except (RuntimeError, OSError) as exc:
+            node, reason = None, f"@tus/server did not start: {exc}"
+    if node is None:
+        result.sides.remove("curl to @tus/server")
+        result.notes.append(f"curl to @tus/server side not available: {reason}")
+        print(f"  note: {result.notes[-1]}", flush=True)
+    try:
+        yield node
+    finally:
+        if node is not None:
+            node.stop()
+
+
 def run_http_big(b: Bench, result: CaseResult) -> None:
     size = b.profile.big_bytes
     folder = big_file(b.workloads, size, repeat_block=False)
     path = folder / "data.bin"
-    sides = [
-        ("stagebox", lambda label: stagebox_upload(b, folder, 1, size, label)),
-        ("scp", lambda label: scp_copy(b, path, label)),
-    ]
-    alternate(b, result, sides, b.profile.warmups, b.profile.runs)
+    digest = sha256_of(path)  # what curl's upload must be stored with
+    if which("curl") is None:
+        result.sides = result.sides[:2]
+        result.notes.append("curl sides not available: curl not found (make system-deps)")
+    with tus_node(b, result) as node:
+        sides = [
+            ("stagebox", lambda label: stagebox_upload(b, folder, 1, size, label)),
+            ("scp", lambda label: scp_copy(b, path, label)),
+            ("curl to stagebox", lambda label: curl_to_stagebox(b, path, label, digest)),
+        ]
+        if node is not None:
+            sides.append(
+                ("curl to @tus/server", lambda label: curl_to_tus_node(b, path, label, node))
+            )
+        alternate(b, result, sides, b.profile.warmups, b.profile.runs)
 
 
 # -- small files: stagebox upload vs rsync ----------------------------------------------
@@ -235,22 +305,30 @@ def run_local_limit(b: Bench, result: CaseResult) -> None:
 # -- sftp: stagebox upload --method sftp vs OpenSSH tools, all to the same staging sshd ----
 
 
-@contextmanager
-def sftp_stage(b: Bench, name: str) -> Iterator[SftpStage]:
-    """The case's staging sshd and approved uploader, set up untimed and torn down after."""
-    stage = SftpStage(b.work / "sftp" / name)
+def sftp_stage(b: Bench) -> SftpStage:
+    """The staging sshd and approved uploader the sftp cases share, set up (untimed) by
+    the first of them and stopped by ``Bench.close`` when the harness ends: the set-up
+    (sshd, box, register, approve, first contact) takes ~12 s, and every run starts from
+    its snapshot anyway."""
+    if b.sftp is not None:
+        return b.sftp
+    if b.sftp_error is not None:
+        raise RunFailed(b.sftp_error)
+    stage = SftpStage(b.work / "sftp" / "stage")
     print("  setting up: staging sshd, box, register, approve, first contact", flush=True)
+    b.closers.append(stage.stop)
     try:
-        try:
-            stage.start()
-        except (RuntimeError, OSError, KeyError, StopIteration, ValueError) as exc:
-            raise RunFailed(f"sftp setup failed: {exc}") from exc
-        yield stage
-    finally:
-        stage.stop()
+        stage.start()
+    except (RuntimeError, OSError, KeyError, StopIteration, ValueError) as exc:
+        b.sftp_error = f"sftp setup failed: {exc}"
+        raise RunFailed(b.sftp_error) from exc
+    b.sftp = stage
+    return stage
 
 
 RCLONE = which("rclone") is not None
+TOOLS = {"rsync": "rsync -a -e ssh", "rclone": "rclone copy"}  # side -> what its title says
+NO_RCLONE = "rclone side not available: rclone not found (make bench-deps installs it)"
 
 
 def _peer(fn: Callable[[str], Record]) -> Callable[[str], Record]:
@@ -258,17 +336,21 @@ def _peer(fn: Callable[[str], Record]) -> Callable[[str], Record]:
 
 
 def plan_sftp_big(p: Profile) -> CaseResult:
+    # rclone is optional (make bench-deps installs it): its side is left out when missing.
+    notes = [] if RCLONE else [NO_RCLONE]
+    others = ["scp", "rsync", *(["rclone"] if RCLONE else [])]
+    sides = ["stagebox", *peers(p, "sftp put", others, notes)]
     return CaseResult(
         name="sftp-big",
         title=(
-            f"sftp {human_size(p.big_bytes)}: stagebox upload --method sftp vs sftp put, scp, "
-            "rsync -a -e ssh, rclone copy, one staging sshd"
+            f"sftp {human_size(p.big_bytes)}: stagebox upload --method sftp vs "
+            f"{', '.join(TOOLS.get(s, s) for s in sides[1:])}, one staging sshd"
         ),
-        # rclone is optional (not in make system-deps): its side is left out when missing.
-        sides=["stagebox", "sftp put", "scp", "rsync", *(["rclone"] if RCLONE else [])],
+        sides=sides,
         ratio_of="throughput",
         targets=[Target("sftp: stagebox throughput >= 0.9x sftp put throughput", ">=", 0.9)],
         params={"file_bytes": p.big_bytes, "warmups": p.warmups, "runs": p.runs},
+        notes=notes,
     )
 
 
@@ -276,31 +358,35 @@ def run_sftp_big(b: Bench, result: CaseResult) -> None:
     size = b.profile.big_bytes
     folder = big_file(b.workloads, size, repeat_block=False)
     path = folder / "data.bin"
-    with sftp_stage(b, result.name) as stage:
-        sshd = stage.sshd
-        sides = [
-            ("stagebox", lambda label: stagebox_sftp_upload(b, stage, folder, 1, size, label)),
-            ("sftp put", _peer(lambda label: sftp_put(b, path, label, sshd))),
-            ("scp", _peer(lambda label: scp_copy(b, path, label, sshd))),
-            ("rsync", _peer(lambda label: rsync_tree(b, folder, 1, size, label, sshd))),
-            ("rclone", _peer(lambda label: rclone_copy(b, folder, 1, size, label, sshd))),
-        ]
-        sides = [side for side in sides if side[0] in result.sides]
-        alternate(b, result, sides, b.profile.warmups, b.profile.runs)
+    stage = sftp_stage(b)
+    sshd = stage.sshd
+    sides = [
+        ("stagebox", lambda label: stagebox_sftp_upload(b, stage, folder, 1, size, label)),
+        ("sftp put", _peer(lambda label: sftp_put(b, path, label, sshd))),
+        ("scp", _peer(lambda label: scp_copy(b, path, label, sshd))),
+        ("rsync", _peer(lambda label: rsync_tree(b, folder, 1, size, label, sshd))),
+        ("rclone", _peer(lambda label: rclone_copy(b, folder, 1, size, label, sshd))),
+    ]
+    sides = [side for side in sides if side[0] in result.sides]
+    alternate(b, result, sides, b.profile.warmups, b.profile.runs)
 
 
 def plan_sftp_small(p: Profile) -> CaseResult:
+    notes: list[str] = []
+    sides = ["stagebox", *peers(p, "rsync", ["scp -r"], notes)]
     return CaseResult(
         name="sftp-small",
         title=(
             f"sftp small files: {p.small_files:,} x {human_size(p.small_bytes)} in "
-            f"{p.small_folders} folders, stagebox upload --method sftp vs rsync -a -e ssh, scp -r"
+            f"{p.small_folders} folders, stagebox upload --method sftp vs "
+            f"{', '.join(TOOLS.get(s, s) for s in sides[1:])}"
         ),
-        sides=["stagebox", "rsync", "scp -r"],
+        sides=sides,
         unit="files/s",
         ratio_of="wall_s",
         targets=[Target("sftp small files: stagebox time <= 2x rsync time", "<=", 2.0)],
         params=small_params(p),
+        notes=notes,
     )
 
 
@@ -308,14 +394,15 @@ def run_sftp_small(b: Bench, result: CaseResult) -> None:
     p = b.profile
     tree = small_tree(b.workloads, p.small_files, p.small_folders, p.small_bytes)
     n, nbytes = p.small_files, p.small_files * p.small_bytes
-    with sftp_stage(b, result.name) as stage:
-        sshd = stage.sshd
-        sides = [
-            ("stagebox", lambda label: stagebox_sftp_upload(b, stage, tree, n, nbytes, label)),
-            ("rsync", _peer(lambda label: rsync_tree(b, tree, n, nbytes, label, sshd))),
-            ("scp -r", _peer(lambda label: scp_tree(b, tree, n, nbytes, label, sshd))),
-        ]
-        alternate(b, result, sides, p.warmups, p.runs)
+    stage = sftp_stage(b)
+    sshd = stage.sshd
+    sides = [
+        ("stagebox", lambda label: stagebox_sftp_upload(b, stage, tree, n, nbytes, label)),
+        ("rsync", _peer(lambda label: rsync_tree(b, tree, n, nbytes, label, sshd))),
+        ("scp -r", _peer(lambda label: scp_tree(b, tree, n, nbytes, label, sshd))),
+    ]
+    sides = [side for side in sides if side[0] in result.sides]
+    alternate(b, result, sides, p.warmups, p.runs)
 
 
 def plan_sftp_memory(p: Profile) -> CaseResult:
@@ -341,9 +428,9 @@ def plan_sftp_memory(p: Profile) -> CaseResult:
 def run_sftp_memory(b: Bench, result: CaseResult) -> None:
     size = b.profile.mem_bytes
     folder = big_file(b.workloads, size, repeat_block=True)
-    with sftp_stage(b, result.name) as stage:
-        sides = [("stagebox", lambda label: stagebox_sftp_upload(b, stage, folder, 1, size, label))]
-        alternate(b, result, sides, b.profile.mem_warmups, b.profile.sftp_mem_runs)
+    stage = sftp_stage(b)
+    sides = [("stagebox", lambda label: stagebox_sftp_upload(b, stage, folder, 1, size, label))]
+    alternate(b, result, sides, b.profile.mem_warmups, b.profile.sftp_mem_runs)
 
 
 # -- ingest: stagebox ingest run of a tarred bag vs tar -xf + sha256sum -------------------
@@ -396,12 +483,12 @@ def run_ingest(b: Bench, result: CaseResult) -> None:
     sizes = SIZES[b.profile.name]
     big = bag_tar(b.workloads, sizes.big)
     sides = [
-        ("stagebox", lambda label: stagebox_ingest(b, big, label, local_boxes(big))),
+        ("stagebox", lambda label: stagebox_ingest(b, big, label, local_boxes(b, big))),
         ("tar -xf + sha256sum", lambda label: tar_then_sha256(b, big, label)),
     ]
     alternate(b, result, sides, b.profile.warmups, b.profile.runs)
     small = bag_tar(b.workloads, sizes.small)
-    local = local_boxes(small)
+    local = local_boxes(b, small)
     once = [("stagebox small", lambda label: stagebox_ingest(b, small, label, local))]
     alternate(b, result, once, 0, 1)  # memory only
     s3 = bag_tar(b.workloads, sizes.s3)
@@ -410,16 +497,57 @@ def run_ingest(b: Bench, result: CaseResult) -> None:
         alternate(b, result, once, 0, 1)  # memory only: moto's speed is not stagebox's
 
 
-# -- planned cases: listed, not run ------------------------------------------------------
+# -- s3: stagebox upload into an S3 staging box vs rclone / aws s3 cp, one moto server ------
 
 
-def planned(name: str, title: str, sides: list[str]) -> Callable[[Profile], CaseResult]:
-    return lambda p: CaseResult(name=name, title=title, sides=sides)
+AWS = real_command("aws")
+
+
+def plan_s3(p: Profile) -> CaseResult:
+    found = [*(["rclone"] if RCLONE else []), *(["aws s3 cp"] if AWS else [])]
+    notes = [] if RCLONE else [NO_RCLONE]
+    if AWS is None:
+        notes.append("aws s3 cp side not available: no aws CLI on PATH (optional)")
+    sides = ["stagebox", *(peers(p, found[0], found[1:], notes) if found else [])]
+    return CaseResult(
+        name="s3",
+        title=(
+            f"s3 {human_size(p.big_bytes)}: stagebox upload into an S3 staging box vs "
+            f"{', '.join(TOOLS.get(s, s) for s in sides[1:]) or 'no peer'}, one moto server"
+        ),
+        sides=sides,
+        ratio_of="wall_s",
+        params={"file_bytes": p.big_bytes, "warmups": p.warmups, "runs": p.runs},
+        notes=notes,
+    )
+
+
+def needs_s3(b: Bench) -> str | None:
+    if not (RCLONE or AWS):
+        return "no peer: neither rclone nor the aws CLI found (make bench-deps installs rclone)"
+    return moto_reason()
+
+
+def run_s3(b: Bench, result: CaseResult) -> None:
+    size = b.profile.big_bytes
+    folder = big_file(b.workloads, size, repeat_block=False)
+    path = folder / "data.bin"
+    with s3_stage(b, result.name) as stage:
+        sides = [
+            ("stagebox", lambda label: stagebox_s3_upload(b, stage, folder, size, label)),
+            ("rclone", lambda label: rclone_s3(b, stage, folder, size, label)),
+            ("aws s3 cp", lambda label: aws_s3_cp(b, stage, path, label, AWS or "aws")),
+        ]
+        sides = [side for side in sides if side[0] in result.sides]
+        alternate(b, result, sides, b.profile.warmups, b.profile.runs)
+
+
+# -- probes ------------------------------------------------------------------------------
 
 
 def needs_feature(word: str) -> Callable[[Bench], str | None]:
     def probe(b: Bench) -> str | None:
-        if word.lower() in stagebox_help().lower():
+        if in_stagebox_help(word):
             return None
         return f"stagebox has no {word} support yet (no '{word}' in any `stagebox ... --help`)"
 
@@ -447,21 +575,14 @@ CASES: list[Case] = [
     Case("sftp-big", plan_sftp_big, run_sftp_big, probe=needs_staging_host),
     Case("sftp-small", plan_sftp_small, run_sftp_small, probe=needs_staging_host),
     Case("sftp-memory", plan_sftp_memory, run_sftp_memory, probe=needs_staging_host),
-    Case(
-        "s3",
-        planned("s3", "s3: stagebox with an S3 box vs rclone copy", ["stagebox", "rclone"]),
-        probe=needs_feature("s3"),
-    ),
+    Case("s3", plan_s3, run_s3, probe=needs_s3),
     Case("ingest", plan_ingest, run_ingest, probe=needs_ingest),
-    Case(
-        "curl-tus",
-        planned("curl-tus", "curl-to-tus: a stock tus client (curl) vs stagebox upload", []),
-    ),
 ]
 
 
 def execute(case: Case, b: Bench) -> CaseResult:
     """Run one case; never raises, the result says what happened."""
+    started = time.monotonic()
     result = case.plan(b.profile)
     reason = case.probe(b) or (None if case.run else "harness case not written yet")
     if reason or case.run is None:
@@ -469,6 +590,8 @@ def execute(case: Case, b: Bench) -> CaseResult:
         print(f"== {result.title}: not available ({result.reason})", flush=True)
         return result
     print(f"== {result.title}", flush=True)
+    for note in result.notes:
+        print(f"  note: {note}", flush=True)
     try:
         case.run(b, result)
     except RunFailed as exc:
@@ -477,4 +600,6 @@ def execute(case: Case, b: Bench) -> CaseResult:
         result.status, result.reason = "failed", f"{exc!r}\n{traceback.format_exc()}"
     if result.status == "failed":
         print(f"  FAILED: {result.reason}", flush=True)
+    result.duration_s = time.monotonic() - started
+    print(f"  ({result.name}: {result.duration_s:.0f} s)", flush=True)
     return result

@@ -7,7 +7,9 @@ around a mean (pairwise symmetric, so the total is exact), each a slice of one r
 stamped with its own path, hence incompressible and each with its own sha256.
 
 Every stagebox run gets a fresh data dir and receiving box (the cached tar hardlinked in,
-or for S3 uploaded to moto once per case), set up before the clock starts. After the run
+or for S3 uploaded to moto once per case), set up before the clock starts; on local boxes
+the data dir is a copy of the one the bag's first run got from ``stagebox admin box add``
+(each admin command costs a Python start-up). After the run
 its job must say ``succeeded`` at the first attempt, and every file of the bag must be in
 ``ingest show`` with the sha256 of the bag's manifest; the peer's ``sha256sum`` output is
 checked against the same manifest.
@@ -181,9 +183,12 @@ def _small(files: int, folders: int) -> BagSpec:
     return BagSpec("smallbag", files, files * 2560, 1536, folders)  # 1 KiB to 4 KiB each
 
 
-QUICK_BIG = BagSpec("bigbag", 256, 256 * MiB, 512 * 1024, 16)
 SIZES = {
-    "quick": IngestSizes(big=QUICK_BIG, small=_small(5_000, 50), s3=QUICK_BIG),
+    "quick": IngestSizes(
+        big=BagSpec("bigbag", 64, 64 * MiB, 512 * 1024, 8),
+        small=_small(1_000, 20),
+        s3=BagSpec("bigbag", 16, 16 * MiB, 512 * 1024, 4),
+    ),
     # moto keeps every object in its own memory and is slow; 1 GiB is enough to show
     # whether the worker's memory grows with the bag.
     "full": IngestSizes(
@@ -263,21 +268,24 @@ class Boxes:
     options: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     server: psutil.Process | None = None  # an S3 server, measured beside the worker
+    template: str | None = None  # runs with the same boxes copy the first run's data dir
 
 
-def local_boxes(bag: Bag) -> Callable[[Path], Boxes]:
-    """A receiving directory in the run's dir holding the tar (hardlinked, else copied);
-    staging and permanent are the data dir's embedded boxes."""
+def local_boxes(b: Bench, bag: Bag) -> Callable[[Path], Boxes]:
+    """A receiving directory holding only the tar (hardlinked, else copied), the same path
+    for every run of the bag so their data dirs can be copies of one; staging and permanent
+    are the data dir's embedded boxes."""
+    receiving = b.work / "runs" / "_receiving" / bag.tar.parent.name
 
     def setup(run_dir: Path) -> Boxes:
-        receiving = run_dir / "receiving"
-        receiving.mkdir()
+        shutil.rmtree(receiving, ignore_errors=True)
+        receiving.mkdir(parents=True)
         try:
             os.link(bag.tar, receiving / bag.tar.name)
         except OSError:
             shutil.copyfile(bag.tar, receiving / bag.tar.name)
         box = ["recv", "--role", "receiving", "--backend", "local", "--path", str(receiving)]
-        return Boxes(add=[box], options=["--receiving", "recv"])
+        return Boxes(add=[box], options=["--receiving", "recv"], template=receiving.name)
 
     return setup
 
@@ -359,16 +367,15 @@ def _jobs_brief(data_dir: Path, env: dict[str, str]) -> object:
 
 
 def _check_job(bag: Bag, label: str, data_dir: Path, env: dict[str, str]) -> dict[str, object]:
-    """The run's one job: succeeded at the first attempt, every file with its sha256."""
-    jobs = _stagebox_json(data_dir, env, "list")
-    assert isinstance(jobs, list)
-    if len(jobs) != 1 or jobs[0]["status"] != "succeeded" or jobs[0]["attempts"] != 1:
+    """The run's job (job 1: a fresh data dir, one tar): succeeded at the first attempt,
+    every file with its sha256. One ``ingest show`` (a Python start-up each) says it all."""
+    job = _stagebox_json(data_dir, env, "show", "1")
+    assert isinstance(job, dict)
+    if job["status"] != "succeeded" or job["attempts"] != 1:
         raise RunFailed(
             f"stagebox ingest ({label}): jobs {_jobs_brief(data_dir, env)}, "
             "expected one, succeeded at its first attempt"
         )
-    job = _stagebox_json(data_dir, env, "show", str(jobs[0]["id"]))
-    assert isinstance(job, dict)
     files = {f["path"]: f for f in job["files"]}
     payload = {p: f["sha256"] for p, f in files.items() if p.startswith("data/")}
     states = sorted({f["state"] for f in files.values()})
@@ -380,6 +387,26 @@ def _check_job(bag: Bag, label: str, data_dir: Path, env: dict[str, str]) -> dic
     return dict(job)
 
 
+def _add_boxes(b: Bench, setup: Boxes, data_dir: Path, env: dict[str, str]) -> None:
+    """A fresh data dir with the run's boxes: ``stagebox admin box add`` each (a Python
+    start-up each), or a copy of the data dir an earlier run with the same boxes made."""
+    if setup.template in b.templates:
+        shutil.copytree(b.templates[setup.template][0], data_dir)
+        return
+    target = data_dir
+    if setup.template is not None:
+        target = b.work / "runs" / "_templates" / setup.template / "data"
+        shutil.rmtree(target.parent, ignore_errors=True)
+    for box in setup.add:
+        cmd = stagebox_cmd("admin", "--data-dir", str(target), "box", "add", *box)
+        added = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        if added.returncode != 0:
+            raise RunFailed(f"{' '.join(cmd[2:])} exit {added.returncode}:\n{_tail(added.stderr)}")
+    if setup.template is not None:
+        b.templates[setup.template] = (target, "")
+        shutil.copytree(target, data_dir)
+
+
 def stagebox_ingest(b: Bench, bag: Bag, label: str, boxes: Callable[[Path], Boxes]) -> Record:
     """``stagebox ingest run --once --workers 1 --profile none`` on a fresh data dir whose
     receiving box holds only ``bag``; the worker is the measured client."""
@@ -389,11 +416,7 @@ def stagebox_ingest(b: Bench, bag: Bag, label: str, boxes: Callable[[Path], Boxe
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STAGEBOX_", "AWS_"))}
     # A failed attempt ends the run at once rather than after a backoff.
     env.update(setup.env, STAGEBOX_INGEST_RETRIES="0")
-    for box in setup.add:
-        cmd = stagebox_cmd("admin", "--data-dir", str(data_dir), "box", "add", *box)
-        added = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-        if added.returncode != 0:
-            raise RunFailed(f"{' '.join(cmd[2:])} exit {added.returncode}:\n{_tail(added.stderr)}")
+    _add_boxes(b, setup, data_dir, env)
     cmd = stagebox_cmd(
         "ingest", "run", "--data-dir", str(data_dir), *setup.options,
         "--once", "--workers", "1", "--profile", "none",

@@ -24,9 +24,10 @@ from typing import Any
 import psutil
 
 from benchmarks import report
-from benchmarks.cases import CASES, CaseResult, execute
+from benchmarks.cases import AWS, CASES, CaseResult, execute, node_dir
 from benchmarks.servers import Sshd
 from benchmarks.sides import Bench, Profile
+from benchmarks.tus import tus_node_versions
 from benchmarks.workloads import GiB, MiB
 
 HERE = Path(__file__).resolve().parent
@@ -35,7 +36,10 @@ RESULTS = HERE / "results"
 PARTIAL = WORK / "partial"
 
 PROFILES = {
-    "quick": Profile("quick", 256 * MiB, 2_000, 20, 4096, 1 * GiB, 1, 3, 0, 1, sftp_mem_runs=1),
+    # quick: under 3 minutes for every case on 2 shared cores, workloads generated included
+    "quick": Profile(
+        "quick", 64 * MiB, 500, 20, 4096, 256 * MiB, 1, 3, 0, 1, sftp_mem_runs=1, all_peers=False
+    ),
     "full": Profile("full", 1 * GiB, 10_000, 20, 4096, 4 * GiB, 1, 3, 0, 2, sftp_mem_runs=3),
 }
 
@@ -43,10 +47,15 @@ METHOD = [
     "Sides alternate run by run (stagebox, peer, stagebox, peer, ...); the first round is a "
     "warm-up, recorded in latest.json but not counted. Ratios are stagebox/peer per round, "
     "then the median of those ratios.",
-    "Every stagebox run gets a fresh server process and data dir (started and given an "
-    "uploader token before the clock starts), a fresh client journal (STAGEBOX_STATE_DIR) "
+    "Every stagebox run gets a fresh server process and data dir (a copy of one holding only "
+    "the uploader and the case's boxes, made once by `stagebox admin`; the server is started "
+    "before the clock starts), a fresh client journal (STAGEBOX_STATE_DIR) "
     "and a fresh dataset name; its --json totals must say files == verified, 0 skipped, "
     "0 failed. scp/rsync write into an emptied folder whose contents are checked afterwards.",
+    "The quick profile is a smoke test: sizes small enough (64 MiB, 500 files) that start-up "
+    "(Python's, the server's, ssh's) weighs on every ratio, and only each case's first peer "
+    "(the one its target names; the case's notes say which it leaves out). The figures to "
+    "quote come from the full profile, which runs every peer.",
     "`sync` runs (untimed) before every timed run. Workloads are read from the page cache "
     "by both sides alike (the warm-up reads them first).",
     "Wall time spans spawn to exit of the client command (python start-up included for "
@@ -61,7 +70,8 @@ METHOD = [
     "stagebox server runs with its defaults (durable=true: fsync before stored; O_DIRECT "
     "for large uploads; sha256 on both sides). scp/rsync do not fsync and do not verify "
     "end to end beyond the ssh MAC.",
-    "sftp cases: one staging sshd per case, set up as tests/sshd.py does (staging account "
+    "sftp cases: one staging sshd, set up by the first sftp case and shared by the others, "
+    "set up as tests/sshd.py does (staging account "
     "with ForceCommand internal-sftp -u 0007, keys from stagebox's AuthorizedKeysCommand, "
     "Subsystem sftp internal-sftp), where root also logs in with a generated key for the "
     "peers (sftp put, scp, rsync, rclone), which write into an emptied folder. Registration, "
@@ -79,6 +89,29 @@ METHOD = [
     "to the listener's children times. "
     "stagebox's asyncssh client prefers aes128-gcm@openssh.com; OpenSSH's tools use their "
     "default (see the negotiated cipher above). scp is OpenSSH 9's (SFTP protocol).",
+    "http-big, curl sides: curl as a stock tus client, POST (creation; Upload-Metadata "
+    "filename, and dataset for stagebox) then one PATCH streaming the whole file (-T, no "
+    "Expect: 100-continue), both timed as one `sh` script (client = sh and both curls). "
+    "To stagebox: a fresh server per run, as for stagebox upload; the PATCH must answer 204 "
+    "with Upload-Offset = the size, and the file must then be stored with the workload's "
+    "sha256 (curl declares none: the server's own hash is the only check). To @tus/server "
+    "(Node, @tus/file-store's FileStore, behind node's http.createServer; "
+    "benchmarks/tus_server.mjs): one server for the case, its store emptied before each "
+    "run; the PATCH must answer the same and the store hold one file of the size. "
+    "@tus/server writes through the page cache without fsync and hashes nothing.",
+    "s3: one moto server for the case (it keeps objects in memory and is far slower than a "
+    "real S3: only ratios taken against it mean anything). stagebox: a fresh server whose "
+    "http staging box (staging_box) is an S3 box on moto, default 16 MiB parts; the clock "
+    "stops when the client has seen the file verified; then, untimed, the file must end "
+    "stored (copied into the embedded permanent box, the staged object deleted). Peers, into "
+    "another bucket: rclone copy (remote from RCLONE_CONFIG_MOTO_*, provider Other, with "
+    "--s3-no-head since rclone 1.60 HEADs the new object with versionId=null, which moto "
+    "answers 400, and then copies it again; --retries 1) and aws s3 cp (the CLI's defaults: "
+    "8 MiB parts, 10 in flight); each must leave one object of the size. Every run's objects "
+    "and open multipart uploads are deleted after it. Server CPU and peak RSS are stagebox "
+    "serve's (the peers have no server); moto's are reported for every side (moto rows): "
+    "its CPU says how much S3 work each side caused, its RSS grows from run to run as it "
+    "keeps freed memory and says nothing of the client.",
 ]
 
 
@@ -127,6 +160,8 @@ def versions(sshd: Sshd | None) -> dict[str, str]:
         "rsync": _first_line(["rsync", "--version"]),
         "curl": _first_line(["curl", "--version"]),
         "rclone": _first_line(["rclone", "version"]),
+        "aws CLI": _first_line([AWS, "--version"]) if AWS else "not found",
+        "moto": version("moto"),
         "psutil": psutil.__version__,
         "asyncssh": version("asyncssh"),
     }
@@ -199,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results.append(execute(case, bench))
     finally:
+        bench.close()
         sshd.stop()
         meta.setdefault("machine", machine_facts())
         meta.setdefault("versions", versions(None))
+        meta["versions"].update(tus_node_versions(node_dir(bench)))
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         meta["machine"]["load average 1/5/15 min, at end"] = load
         meta["profile"] = profile.__dict__

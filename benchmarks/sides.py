@@ -7,6 +7,10 @@ its ``--json`` totals must say every file was verified; an scp/rsync run gets an
 destination whose contents are counted afterwards. Dirty pages are flushed (``sync``)
 before the clock starts so one run's write-back does not land in the next one's time.
 
+A run's data dir is a copy of a template made once per ``ServerSetup`` (uploader ``bench``
+and the setup's boxes, nothing uploaded): each ``stagebox admin`` command is a Python
+start-up of its own, which would otherwise cost more than a quick run's upload.
+
 A stagebox sftp run gets a fresh server process on the case's data dir restored to the
 state right after the uploader's approval (``SftpStage.fresh_server``), an emptied staging
 directory and its own client journal; the registration, the approval and the first contact
@@ -17,13 +21,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+import httpx
+import psutil
 
 from benchmarks.measure import Measurement, run_measured
 from benchmarks.servers import SftpStage, Sshd, StageboxServer
@@ -50,24 +60,56 @@ class Profile:
     mem_warmups: int
     mem_runs: int
     sftp_mem_runs: int
+    all_peers: bool = True  # False: a case runs only the peer its target names
+
+
+@dataclass(frozen=True)
+class ServerSetup:
+    """What a run's fresh ``stagebox serve`` needs beyond the defaults.
+
+    ``name`` keys the template data dir, ``admin`` are ``stagebox admin`` arguments run on
+    the template once (an S3 staging box), ``env`` are server settings, and ``also`` are
+    more servers measured beside it (the moto S3 server the staging box lives in).
+    """
+
+    name: str = "default"
+    admin: tuple[tuple[str, ...], ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    also: Mapping[str, psutil.Process] = field(default_factory=dict)
+
+
+DEFAULT_SERVER = ServerSetup()
+UPLOADER = "bench"
 
 
 @dataclass
 class Bench:
-    """What every case needs: the profile, the work dir and the shared sshd."""
+    """What every case needs: the profile, the work dir, the shared sshd, and what cases
+    share once one has set it up (the sftp cases' staging host, stagebox data dir
+    templates), with what ``close`` must stop at the end."""
 
     profile: Profile
     work: Path
     sshd: Sshd | None = None
     sshd_error: str | None = None
-    keep: list[Path] = field(default_factory=list)
+    sftp: SftpStage | None = None
+    sftp_error: str | None = None
+    templates: dict[str, tuple[Path, str]] = field(default_factory=dict)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Stop what the cases left running for each other, last started first."""
+        while self.closers:
+            self.closers.pop()()
 
     @property
     def workloads(self) -> Path:
         return self.work / "workloads"
 
     def fresh_dir(self, label: str) -> Path:
-        path = self.work / "runs" / label
+        """An empty dir under runs/ named after ``label`` (spaces and slashes replaced: a
+        box path may hold neither)."""
+        path = self.work / "runs" / re.sub(r"[^\w.@+-]+", "_", label)
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
         return path
@@ -78,14 +120,20 @@ class Bench:
         return self.sshd
 
 
+HELP_GROUPS = (("upload",), ("admin",), ("serve",), ())
+
+
 @cache
-def stagebox_help() -> str:
-    """The help of every stagebox command group, to probe for features."""
-    text = []
-    for args in ((), ("serve",), ("upload",), ("admin",)):
-        out = subprocess.run(stagebox_cmd(*args, "--help"), capture_output=True, text=True)
-        text.append(out.stdout)
-    return "\n".join(text)
+def stagebox_help(group: tuple[str, ...]) -> str:
+    """The help of one stagebox command group, to probe for features."""
+    out = subprocess.run(stagebox_cmd(*group, "--help"), capture_output=True, text=True)
+    return out.stdout
+
+
+def in_stagebox_help(word: str) -> bool:
+    """Whether any command group's help names ``word``; groups are asked one at a time
+    (each is a Python start-up), the likeliest first."""
+    return any(word.lower() in stagebox_help(group).lower() for group in HELP_GROUPS)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -136,42 +184,112 @@ def _check_report(
     return dict(totals)
 
 
-def stagebox_upload(b: Bench, src: Path, files: int, nbytes: int, label: str) -> Record:
-    """``stagebox upload SRC --dataset`` to a fresh server; every file must be verified."""
-    run_dir = b.fresh_dir(label)
-    server = StageboxServer(run_dir / "server-data")
-    token = server.add_uploader("bench")
+def server_template(b: Bench, setup: ServerSetup) -> tuple[Path, str]:
+    """The data dir runs of ``setup`` copy, and the uploader's token; made on first use."""
+    if setup.name in b.templates:
+        return b.templates[setup.name]
+    root = b.work / "runs" / "_templates" / setup.name
+    shutil.rmtree(root, ignore_errors=True)
+    template = StageboxServer(root / "data")
+    try:
+        for args in setup.admin:
+            template.admin(*args)
+        token = template.add_uploader(UPLOADER)
+    except subprocess.CalledProcessError as exc:
+        raise RunFailed(f"stagebox admin {' '.join(exc.cmd[6:])}: {exc.stderr}") from exc
+    b.templates[setup.name] = (template.data_dir, token)
+    return template.data_dir, token
+
+
+@contextmanager
+def fresh_server(
+    b: Bench, run_dir: Path, setup: ServerSetup = DEFAULT_SERVER
+) -> Iterator[tuple[StageboxServer, str]]:
+    """``stagebox serve`` on a copy of the setup's template in ``run_dir``, started, and
+    the uploader's token; stopped on leaving."""
+    data, token = server_template(b, setup)
+    server = StageboxServer(run_dir / "server-data", env=dict(setup.env))
+    shutil.copytree(data, server.data_dir)
     server.start()
     try:
-        state = run_dir / "client-state"
-        state.mkdir()
-        env = {k: v for k, v in os.environ.items() if k != "STAGEBOX_TOKEN"}
-        env["STAGEBOX_STATE_DIR"] = str(state)
-        dataset = f"bench-{label}"
-        cmd = stagebox_cmd(
-            "upload",
-            str(src),
-            "--server",
-            server.url,
-            "--token",
-            token,
-            "--dataset",
-            dataset,
-            "--json",
-        )
-        os.sync()
-        out, err = run_dir / "client.json", run_dir / "client.err"
-        m = run_measured(cmd, stdout=out, stderr=err, env=env, server=server.process)
+        yield server, token
     finally:
         server.stop()
-    totals = _check_report(f"stagebox upload ({label})", m, out, err, server.log_path, files)
+
+
+def wait_stored(
+    server: StageboxServer, token: str, dataset: str, timeout: float = 300.0
+) -> list[Any]:
+    """The dataset's datafiles once none is waiting any more (stored or failed)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    deadline = time.monotonic() + timeout
+    items: list[Any] = []
+    while time.monotonic() < deadline:
+        resp = httpx.get(
+            f"{server.url}/api/v1/datafiles", params={"dataset": dataset}, headers=headers
+        )
+        resp.raise_for_status()
+        items = resp.json()["items"]
+        if items and all(i["state"] in ("stored", "failed") for i in items):
+            return items
+        time.sleep(0.1)
+    raise RunFailed(f"{dataset}: not stored within {timeout:.0f} s: {items}")
+
+
+def with_also(m: Measurement, rec: Record) -> Record:
+    """Each ``also`` server's CPU and peak RSS as ``<name>_cpu_s`` and ``<name>_peak_rss``,
+    beside (not in) the stagebox server's."""
+    for name in m.also_cpu_s:
+        rec[f"{name}_cpu_s"] = m.also_cpu_s[name]
+        rec[f"{name}_peak_rss"] = m.also_peak_rss[name]
+    return rec
+
+
+def stagebox_upload(
+    b: Bench,
+    src: Path,
+    files: int,
+    nbytes: int,
+    label: str,
+    setup: ServerSetup = DEFAULT_SERVER,
+    settle: bool = False,
+) -> Record:
+    """``stagebox upload SRC --dataset`` to a fresh server; every file must be verified.
+
+    ``settle``: before the server stops, wait (untimed) until every file is stored, so
+    its staging box is left as empty as stagebox leaves it (an S3 box on moto).
+    """
+    run_dir = b.fresh_dir(label)
+    state = run_dir / "client-state"
+    state.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "STAGEBOX_TOKEN"}
+    env["STAGEBOX_STATE_DIR"] = str(state)
+    dataset = f"bench-{run_dir.name}"
+    out, err = run_dir / "client.json", run_dir / "client.err"
+    with fresh_server(b, run_dir, setup) as (server, token):
+        cmd = stagebox_cmd(
+            "upload", str(src), "--server", server.url, "--token", token,
+            "--dataset", dataset, "--json",
+        )  # fmt: skip
+        os.sync()
+        m = run_measured(
+            cmd, stdout=out, stderr=err, env=env, server=server.process, also=setup.also
+        )
+        totals = _check_report(f"stagebox upload ({label})", m, out, err, server.log_path, files)
+        if settle:
+            stored = wait_stored(server, token, dataset)
+            if any(i["state"] != "stored" for i in stored):
+                raise RunFailed(f"stagebox upload ({label}): not all stored: {stored}")
     shutil.rmtree(run_dir)
-    return record(
+    return with_also(
         m,
-        files=files,
-        bytes=nbytes,
-        bytes_sent=totals.get("bytes_sent"),
-        client_reported_s=totals.get("seconds"),
+        record(
+            m,
+            files=files,
+            bytes=nbytes,
+            bytes_sent=totals.get("bytes_sent"),
+            client_reported_s=totals.get("seconds"),
+        ),
     )
 
 

@@ -6,9 +6,11 @@ missing or different (an interrupted generation, another size) is generated agai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+from functools import cache
 from pathlib import Path
 
 MiB = 1 << 20
@@ -104,3 +106,13 @@ def count_files(tree: Path) -> tuple[int, int]:
             count += 1
             total += os.path.getsize(os.path.join(dirpath, name))
     return count, total
+
+
+@cache
+def sha256_of(path: Path) -> str:
+    """The file's sha256, computed once per harness run (a check, never timed)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(BLOCK // 16):
+            digest.update(chunk)
+    return digest.hexdigest()
