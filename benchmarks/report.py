@@ -1,4 +1,5 @@
-"""Summaries and the two result files: ``latest.md`` (for people) and ``latest.json`` (raw)."""
+"""Summaries and the result files: ``latest.md`` (for people), ``latest.json`` (raw) and
+``latest.png`` (the stagebox/peer ratios, drawn by benchmarks.chart)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ METRICS: list[tuple[str, str, float]] = [  # record field, label, divisor
     ("server_cpu_s", "CPU s, server", 1.0),
     ("serve_cpu_s", "CPU s, stagebox serve", 1.0),  # sftp cases: the parts of "server"
     ("sshd_cpu_s", "CPU s, sshd", 1.0),
+    ("moto_cpu_s", "CPU s, moto", 1.0),  # s3 case: the part of "server" moto used
     ("cpu_s", "CPU s, total", 1.0),
     ("client_peak_rss", "peak RSS MiB, client", MiB),
     ("server_peak_rss", "peak RSS MiB, server", MiB),
     ("serve_peak_rss", "peak RSS MiB, stagebox serve", MiB),
     ("sshd_peak_rss", "peak RSS MiB, sshd", MiB),
+    ("moto_peak_rss", "peak RSS MiB, moto", MiB),
 ]
 
 
@@ -107,6 +110,11 @@ def case_markdown(result: CaseResult) -> list[str]:
     out = [f"### {result.title}", ""]
     if result.status == "not available":
         return [*out, f"Not available: {result.reason}", ""]
+    out += [
+        *(f"Note: {note}." for note in result.notes),
+        f"Case took {result.duration_s:.0f} s.",
+        "",
+    ]
     if result.status == "failed":
         out += ["**FAILED**, partial results below:", "", "```", result.reason.strip(), "```", ""]
     s = summary(result)
@@ -158,7 +166,12 @@ def targets_markdown(results: list[CaseResult]) -> list[str]:
 
 
 def write(results_dir: Path, meta: dict[str, Any], results: list[CaseResult]) -> Path:
+    from benchmarks.chart import write_chart  # it draws from this module's summaries
+
     results_dir.mkdir(parents=True, exist_ok=True)
+    chart_problem = write_chart(results_dir / "latest.png", meta, results)
+    if chart_problem:
+        print(chart_problem, flush=True)
     raw = {
         "meta": meta,
         "cases": [{**asdict(r), "summary": summary(r)} for r in results],
@@ -187,6 +200,8 @@ def write(results_dir: Path, meta: dict[str, Any], results: list[CaseResult]) ->
         *(f"- {line}" for line in meta["method"]),
         "",
         "## Cases",
+        "",
+        chart_problem or "![stagebox/peer ratios, median of the pairs](latest.png)",
         "",
     ]
     for result in results:
