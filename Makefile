@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv test lint typecheck unit integration demo bench bench-quick system-deps clean
+.PHONY: all venv test lint typecheck unit integration demo bench bench-quick bench-deps system-deps clean
 
 all: test
 
@@ -39,10 +39,23 @@ test: $(STAMP) system-deps lint typecheck
 demo: $(STAMP)
 	$(BIN)/stagebox demo
 
-bench: $(STAMP) system-deps
+# Tools only the benchmarks' peers need (rclone; node and npm for @tus/server, which the
+# harness itself npm-installs into benchmarks/work/node). Each is installed only when its
+# command is missing; a case whose tool still cannot be had says "not available" and why.
+BENCH_TOOLS := rclone:rclone node:nodejs npm:npm
+bench-deps: system-deps
+	@missing=""; for t in $(BENCH_TOOLS); do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; } \
+	    || echo "could not install$$missing: the cases needing them will say not available"; \
+	fi
+
+bench: $(STAMP) bench-deps
 	$(BIN)/python -m benchmarks.run --full
 
-bench-quick: $(STAMP) system-deps
+bench-quick: $(STAMP) bench-deps
 	$(BIN)/python -m benchmarks.run --quick
 
 clean:
