@@ -7,21 +7,22 @@ import os
 import ssl
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from stagebox.client.progress import ProgressEvent
 from stagebox.errors import ConfigError, InvalidInput
-from stagebox.packages import jobfile
-from stagebox.packages.declaration import Declaration
-from stagebox.packages.pack import FORMATS, pack
-from stagebox.packages.push import PushOutcome, PushUnreachable, SshDestination, push_ssh
-from stagebox.packages.record import Package, PushFile, PushRecord
-from stagebox.packages.to_server import ServerDestination, push_server
-from stagebox.packages.yamlfile import Variables, parse_assignments
+
+# The package modules (asyncssh, PyYAML) load only when pack or push runs, so
+# every other command starts as fast as before.
+if TYPE_CHECKING:
+    from stagebox.client.progress import ProgressEvent
+    from stagebox.packages.push import PushOutcome, PushUnreachable
+    from stagebox.packages.record import Package, PushFile, PushRecord
+
+FORMATS = ("zip", "bag")
 
 Vars = Annotated[
     list[str] | None, typer.Option("--var", help="KEY=VALUE for $KEY in the YAML (repeatable)")
@@ -43,6 +44,10 @@ def pack_command(
     fmt: Annotated[str, typer.Option("--format", help=" | ".join(FORMATS))] = "zip",
 ) -> None:
     """Build PREFIX.<pipeline>.<action>.mdi.package.zip; print its path alone on stdout."""
+    from stagebox.packages.declaration import Declaration
+    from stagebox.packages.pack import pack
+    from stagebox.packages.yamlfile import Variables, parse_assignments
+
     variables = Variables(parse_assignments(var, "--var"))
     result = pack(
         Declaration.read(declaration),
@@ -99,6 +104,12 @@ def push_command(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON result")] = False,
 ) -> None:
     """Push a package (and its extra push files); exit 0 only when it arrived, checked."""
+    from stagebox.packages import jobfile
+    from stagebox.packages.push import PushUnreachable, SshDestination, push_ssh
+    from stagebox.packages.record import Package, PushRecord
+    from stagebox.packages.to_server import ServerDestination, push_server
+    from stagebox.packages.yamlfile import Variables, parse_assignments
+
     err = Console(stderr=True, highlight=False)
     pkg = Package.read(package)
     given = {
