@@ -1,7 +1,8 @@
 """``python -m benchmarks.run --quick|--full``: run the cases, write benchmarks/results/latest.*
 
 ``--only CASE`` (repeatable) runs some cases; such a partial run writes its latest.* under
-benchmarks/work/partial unless ``--results DIR`` says where.
+benchmarks/work/partial, and a quick run under benchmarks/work/quick, unless ``--results
+DIR`` says where: only a full run of every case replaces the committed results.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
 RESULTS = HERE / "results"
 PARTIAL = WORK / "partial"
+QUICK = WORK / "quick"  # a smoke test never replaces the committed full results
 
 PROFILES = {
     # quick: under 3 minutes for every case on 2 shared cores, workloads generated included
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "--results",
         type=Path,
         metavar="DIR",
-        help=f"write latest.* here (default {RESULTS}, or {PARTIAL} with --only)",
+        help=f"write latest.* here (default {RESULTS}; with --only {PARTIAL}; --quick {QUICK})",
     )
     args = parser.parse_args(argv)
     if args.list:
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["method"] = METHOD
         meta["duration_s"] = time.monotonic() - started
         meta["command"] = " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])])
-        out = args.results or (PARTIAL if args.only else RESULTS)
+        out = args.results or (PARTIAL if args.only else QUICK if args.quick else RESULTS)
         path = report.write(out, meta, results)
         print(f"wrote {path} and {path.with_suffix('.json')} in {meta['duration_s']:.0f} s")
     return 1 if any(r.status == "failed" for r in results) else 0
