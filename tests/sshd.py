@@ -150,8 +150,8 @@ class StagingHost:
             user=STAGING_USER,
             keys_command=command,
             keys_file=self.keys_file or "none",
-            # A keys file under /tmp cannot pass StrictModes' path checks.
-            strict="no" if self.keys_file else "yes",
+            # A keys file under /tmp (or a clone there) cannot pass StrictModes' path checks.
+            strict="no" if self.keys_file or self.root_keys_file else "yes",
         )
         if self.root_keys_file is not None:
             text = text.replace("PermitRootLogin no\n", "PermitRootLogin prohibit-password\n")
