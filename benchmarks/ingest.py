@@ -294,28 +294,16 @@ def local_boxes(b: Bench, bag: Bag) -> Callable[[Path], Boxes]:
 def moto_boxes(b: Bench, bag: Bag, name: str) -> Iterator[Callable[[Path], Boxes]]:
     """A moto server for the case with the tar uploaded to its receiving bucket; each run's
     staging and permanent boxes are buckets of their own."""
-    import boto3  # imported here: only this side needs S3 and the test servers
     from botocore.exceptions import BotoCoreError, ClientError
-    from tests.s3 import CREDENTIALS, MotoServer
+    from tests.s3 import CREDENTIALS
 
-    root = b.fresh_dir(f"{name}-moto")
-    moto = MotoServer(root / "moto.log")
+    from benchmarks.s3 import moto_for_case
+
     print(f"  setting up: moto server, {bag.tar.name} uploaded to it", flush=True)
-    try:
-        try:
-            moto.start()
-        except (RuntimeError, OSError) as exc:
-            raise RunFailed(f"moto server did not start: {exc}") from exc
+    with moto_for_case(b, name) as (moto, client):
         assert moto.proc is not None
         server = psutil.Process(moto.proc.pid)
         region = CREDENTIALS["AWS_DEFAULT_REGION"]
-        client = boto3.client(
-            "s3",
-            endpoint_url=moto.url,
-            region_name=region,
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
         try:
             client.create_bucket(Bucket="receiving")
             client.upload_file(str(bag.tar), "receiving", bag.tar.name)
@@ -341,9 +329,6 @@ def moto_boxes(b: Bench, bag: Bag, name: str) -> Iterator[Callable[[Path], Boxes
             )
 
         yield setup
-    finally:
-        moto.stop()
-    shutil.rmtree(root)
 
 
 def _stagebox_json(data_dir: Path, env: dict[str, str], *args: str) -> object:

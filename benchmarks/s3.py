@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -41,6 +41,9 @@ from benchmarks.sides import (
     with_also,
 )
 from stagebox.config import Settings
+
+if TYPE_CHECKING:
+    from tests.s3 import MotoServer
 
 BOX = "s3-staging"
 STAGING, PEERS = "staging", "peers"  # buckets: stagebox's staging box, the peers' target
@@ -138,37 +141,38 @@ class S3Stage:
 
 
 @contextlib.contextmanager
-def s3_stage(b: Bench, name: str) -> Iterator[S3Stage]:
-    """A moto server for the case, with the staging and the peers' buckets."""
-    import boto3  # imported here: only this case needs S3 and the test servers
-    from botocore.exceptions import BotoCoreError, ClientError
-    from tests.s3 import CREDENTIALS, MotoServer
+def moto_for_case(b: Bench, name: str) -> Iterator[tuple[MotoServer, Any]]:
+    """A moto server in a fresh folder of the case, and a boto3 client for it."""
+    from tests.s3 import MotoServer
 
     root = b.fresh_dir(f"{name}-moto")
     moto = MotoServer(root / "moto.log")
-    print("  setting up: moto server, buckets", flush=True)
     try:
         try:
             moto.start()
         except (RuntimeError, OSError) as exc:
             raise RunFailed(f"moto server did not start: {exc}") from exc
+        yield moto, moto.client()
+    finally:
+        moto.stop()
+    shutil.rmtree(root)
+
+
+@contextlib.contextmanager
+def s3_stage(b: Bench, name: str) -> Iterator[S3Stage]:
+    """A moto server for the case, with the staging and the peers' buckets."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from tests.s3 import CREDENTIALS
+
+    print("  setting up: moto server, buckets", flush=True)
+    with moto_for_case(b, name) as (moto, client):
         assert moto.proc is not None
-        client = boto3.client(
-            "s3",
-            endpoint_url=moto.url,
-            region_name=REGION,
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
         try:
             for bucket in (STAGING, PEERS):
                 client.create_bucket(Bucket=bucket)
         except (BotoCoreError, ClientError) as exc:
             raise RunFailed(f"creating buckets on moto failed: {exc}") from exc
         yield S3Stage(moto.url, client, psutil.Process(moto.proc.pid), dict(CREDENTIALS))
-    finally:
-        moto.stop()
-    shutil.rmtree(root)
 
 
 def stagebox_s3_upload(b: Bench, stage: S3Stage, folder: Path, size: int, label: str) -> Record:

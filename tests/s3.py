@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from stagebox.server.process import free_port, stop_group, wait_listening
 from stagebox.storage.s3 import S3Backend
@@ -51,6 +52,18 @@ class MotoServer:
         if self.proc is not None:
             stop_group(self.proc, timeout=10)
         self.proc = None
+
+    def client(self) -> Any:
+        """A boto3 S3 client for this server, with its credentials whatever the environment."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
 
 
 @contextlib.contextmanager
