@@ -34,6 +34,7 @@ import asyncssh
 from stagebox import ssh
 from stagebox.errors import AuthError, ChecksumMismatch, ConnectionFailed, TransportError
 from stagebox.packages.record import Package, PushFile
+from stagebox.transports.sftp import remote_size
 
 CHUNK = 256 << 10
 IN_FLIGHT = 16
@@ -160,24 +161,10 @@ async def _push(
 
 
 async def _check_directory(sftp: asyncssh.SFTPClient, directory: str, target: object) -> None:
-    try:
-        attrs = await sftp.stat(directory)
-    except asyncssh.SFTPNoSuchFile:
+    if await remote_size(sftp, directory, directory=True) is None:
         raise TransportError(
             f"--push-dir {directory} does not exist on {target}; ask its admin to create it"
-        ) from None
-    if attrs.type != asyncssh.FILEXFER_TYPE_DIRECTORY:
-        raise TransportError(f"--push-dir {directory} on {target} is not a directory")
-
-
-async def _size(sftp: asyncssh.SFTPClient, path: str) -> int | None:
-    try:
-        attrs = await sftp.lstat(path)
-    except asyncssh.SFTPNoSuchFile:
-        return None
-    if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
-        raise TransportError(f"{path} exists on the target and is not a regular file")
-    return attrs.size or 0
+        )
 
 
 async def remote_sha256(sftp: asyncssh.SFTPClient, path: str) -> tuple[int, str]:
@@ -197,13 +184,13 @@ async def _put(
 ) -> FileOutcome:
     final = posixpath.join(directory, file.name)
     part = posixpath.join(directory, f".{file.name}.part")
-    if await _size(sftp, final) == file.size and await remote_sha256(sftp, final) == (
+    if await remote_size(sftp, final) == file.size and await remote_sha256(sftp, final) == (
         file.size,
         file.sha256,
     ):
         progress(file, file.size)
         return FileOutcome(file.name, "present")
-    offset = await _size(sftp, part) or 0
+    offset = await remote_size(sftp, part) or 0
     if offset > file.size:
         await sftp.remove(part)
         offset = 0

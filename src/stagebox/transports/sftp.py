@@ -126,13 +126,13 @@ class SftpTransport(Transport):
         self, sftp: asyncssh.SFTPClient, path: str, length: int
     ) -> tuple[int, asyncssh.SFTPClientFile | None]:
         await self._makedirs(sftp, posixpath.dirname(path))
-        final = await _size(sftp, path)
+        final = await remote_size(sftp, path)
         if final == length:
             return length, None  # renamed into place by an earlier attempt
         if final is not None:
             await sftp.remove(path)
         part = path + ".part"
-        size = await _size(sftp, part)
+        size = await remote_size(sftp, part)
         if size is not None and size > length:
             await sftp.remove(part)
             size = None
@@ -148,7 +148,7 @@ class SftpTransport(Transport):
         """Create missing directories (mode 2770) up to ``path``; remembered per connection."""
         missing = []
         while path and path != "/" and path not in self._dirs:
-            if await _size(sftp, path, directory=True) is not None:
+            if await remote_size(sftp, path, directory=True) is not None:
                 break
             missing.append(path)
             path = posixpath.dirname(path)
@@ -156,7 +156,7 @@ class SftpTransport(Transport):
             try:
                 await sftp.mkdir(directory, asyncssh.SFTPAttrs(permissions=DIR_MODE))
             except asyncssh.SFTPFailure:
-                if await _size(sftp, directory, directory=True) is None:
+                if await remote_size(sftp, directory, directory=True) is None:
                     raise
             else:
                 await sftp.chmod(directory, DIR_MODE)
@@ -188,7 +188,7 @@ class SftpTransport(Transport):
         if handle is not None:
             await handle.close()
             await self._sftp.posix_rename(self._path + ".part", self._path)
-        return await _size(self._sftp, self._path) or 0
+        return await remote_size(self._sftp, self._path) or 0
 
     def _abort_pending(self) -> None:
         pending, self._pending = self._pending, collections.deque()
@@ -256,7 +256,7 @@ async def _remove(sftp: asyncssh.SFTPClient, path: str) -> None:
         await sftp.remove(path)
 
 
-async def _size(sftp: asyncssh.SFTPClient, path: str, directory: bool = False) -> int | None:
+async def remote_size(sftp: asyncssh.SFTPClient, path: str, directory: bool = False) -> int | None:
     """Size of a regular file (or 0 for a directory when ``directory``); None if absent."""
     try:
         attrs = await sftp.lstat(path)
