@@ -69,7 +69,13 @@ class HashLane:
 
 
 class BagHasher:
-    """md5, sha1, sha256 and sha512 of one stream; feed with :meth:`update`."""
+    """md5, sha1, sha256 and sha512 of one stream; feed with :meth:`update`.
+
+    Every hash sees the stream's chunks in order. Once a chunk has gone to the
+    lane, md5 and sha512 of every later chunk, small ones too, go the same way
+    until :meth:`hexdigests` drains the lane: hashed here at once, a small chunk
+    would overtake the big ones still queued.
+    """
 
     def __init__(self, lane: HashLane | None) -> None:
         self._lane = lane
@@ -83,7 +89,7 @@ class BagHasher:
     def update(self, data: bytes) -> None:
         """Hash ``data``; it must not change afterwards (bytes are safe)."""
         self.length += len(data)
-        if self._lane is not None and len(data) >= SPLIT_AT:
+        if self._lane is not None and (self._handed or len(data) >= SPLIT_AT):
             self._lane.feed(self._far, data)
             self._handed = True
         else:
