@@ -43,6 +43,7 @@ CHECKPOINT_FILES = 500
 CHECKPOINT_SECONDS = 1.0
 ERROR_CAP = 100
 WRITEBACK_FROM = 1 << 20
+KEY_TRIES = 100  # versions of one file passed over, found taken, before the store gives up
 UUID_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 Progress = Callable[[int, str], None]
@@ -156,6 +157,44 @@ def _previous_files(attempt: Attempt) -> dict[str, tuple[str, str, str | None]]:
             ).where(IngestFile.job_id == last)
         )
         return {r.path: (r.uuid, r.sha256, r.stored_key) for r in rows}
+
+
+def version_key(file_uuid: str, version: int) -> str:
+    """The permanent key of a file's ``version``: ``<uuid>`` first, then ``<uuid>.v<N>``.
+
+    The uuid is the file's identity across the versions of its bag; each version
+    of its bytes gets a key of its own, so no stored key is ever written again.
+    A flat suffix, not ``<uuid>/v<N>``: a local box already holds version 1 as
+    the file ``<uuid>``, which could not also be a directory.
+    """
+    return file_uuid if version == 1 else f"{file_uuid}.v{version}"
+
+
+def _version_of(file_uuid: str, key: str) -> int:
+    """Which version of ``file_uuid`` ``key`` holds (0 for a key of another form)."""
+    if key == file_uuid:
+        return 1
+    head, dot_v, number = key.rpartition(".v")
+    return int(number) if dot_v and head == file_uuid and number.isdigit() else 0
+
+
+def _recorded_keys(attempt: Attempt) -> dict[str, set[str]]:
+    """uuid -> every permanent key a row of this bag records, by any job that got so far."""
+    job = attempt.job
+    with attempt.ctx.catalog.session() as s:
+        rows = s.execute(
+            select(IngestFile.uuid, IngestFile.stored_key)
+            .join(IngestJob, IngestJob.id == IngestFile.job_id)
+            .where(
+                IngestJob.name == job.name,
+                IngestFile.stored_box_id == job.permanent_box_id,
+                IngestFile.stored_key.is_not(None),
+            )
+        )
+        recorded: dict[str, set[str]] = {}
+        for r in rows:
+            recorded.setdefault(r.uuid, set()).add(r.stored_key)
+        return recorded
 
 
 # -- stage ---------------------------------------------------------------------
@@ -421,32 +460,61 @@ def _restage(attempt: Attempt) -> None:
         attempt.checkpoint(s, stage=IngestStage.stage)
 
 
+def _holds(backend: StorageBackend, key: str, size: int, sha256: str) -> bool | None:
+    """Whether ``key`` holds these bytes: None when there is no such key."""
+    held = backend.size(key)
+    if held is None:
+        return None
+    if held != size:
+        return False
+    hasher = MultiHasher(("sha256",))
+    with backend.open_read(key) as f:
+        hasher.update_from(f)
+    return hasher.hexdigest("sha256") == sha256
+
+
 def run_store(attempt: Attempt) -> None:
-    """Promote each file to the permanent box under its uuid; unchanged ones stay as they are."""
+    """Promote each new or changed file to the permanent box under a key of its own.
+
+    Unchanged files stay as they are. A changed file keeps its uuid and is stored
+    as its next version (:func:`version_key`): the earlier version's key, bytes
+    and row stay as recorded. A key some row records is never written again, nor
+    is a key the permanent box already holds: one holding this very file (an
+    attempt killed after promoting it) is recorded as it is; any other is passed
+    over for the next version.
+    """
     staging, permanent, prefix = attempt.staging, attempt.permanent, attempt.prefix
     previous = _previous_files(attempt)
+    recorded = _recorded_keys(attempt)
     box_id = attempt.job.permanent_box_id
+
+    def stored(key: str, state: str = "stored") -> dict[str, Any]:
+        return {"stored_at": utcnow(), "state": state, "stored_key": key, "stored_box_id": box_id}
 
     def store(row: Any) -> dict[str, Any]:
         _uuid, sha256, kept_as = previous.get(row.path, ("", "", None))
         if kept_as and sha256 == row.sha256 and permanent.size(kept_as) == row.size:
-            return {
-                "stored_at": utcnow(),
-                "state": "unchanged",
-                "stored_key": kept_as,
-                "stored_box_id": box_id,
-            }
-        dest_key = row.uuid
+            return stored(kept_as, "unchanged")
+        taken = recorded.get(row.uuid, set())
+        version = 1 + max((_version_of(row.uuid, key) for key in taken), default=0)
+        for _ in range(KEY_TRIES):
+            dest_key = version_key(row.uuid, version)
+            version += 1
+            if dest_key in taken:
+                continue
+            found = _holds(permanent, dest_key, row.size, row.sha256)
+            if found:
+                return stored(dest_key)  # promoted by an attempt killed before recording it
+            if found is None:
+                break
+            log.warning("%s: %s already holds other bytes; not written", row.path, dest_key)
+        else:
+            raise StorageError(f"{row.path}: no free key for {row.uuid} in {permanent.name}")
         result = staging.promote(prefix + row.uuid, permanent, dest_key, ("sha256",), sync=False)
         if not result.renamed and result.digests.get("sha256") != row.sha256:
             permanent.delete(dest_key)
             raise StagedCopyBad(f"{row.path}: the copy into {permanent.name} did not match")
-        return {
-            "stored_at": utcnow(),
-            "state": "stored",
-            "stored_key": dest_key,
-            "stored_box_id": box_id,
-        }
+        return stored(dest_key)
 
     _marked(attempt, IngestFile.stored_at, store, before_save=permanent.flush)
     attempt.advance(IngestStage.record)
