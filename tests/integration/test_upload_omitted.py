@@ -93,7 +93,8 @@ def test_followed_links_are_stored_under_the_links_names(
     src = make_tree(tmp_path / "src", {"ds/raw/r1.bin": b"run one", "shared/c.dat": b"calib"})
     os.symlink("raw/r1.bin", src / "ds/latest.bin")
     os.symlink("../shared", src / "ds/calib")
-    os.symlink("/etc/hostname", src / "ds/outside")
+    (tmp_path / "elsewhere.txt").write_bytes(b"not in SRC")
+    os.symlink(tmp_path / "elsewhere.txt", src / "ds/outside")
     # when it is uploaded following links
     proc = upload(server, token, src, "--symlinks", "follow")
     # then the targets' bytes are stored under the links' names; the link out is refused
