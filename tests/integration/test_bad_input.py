@@ -574,14 +574,13 @@ def test_names_differing_only_by_normalisation_are_one_datafile(
 # --- re-registering ------------------------------------------------------------------------
 
 
-def test_reregistering_stored_file_with_other_size_is_a_conflict_naming_both_sizes(
+def test_reregistering_stored_file_with_other_size_is_a_new_version(
     server: StageboxServer, api: httpx.Client, kept: Kept
 ):
     # given a stored file of 51200 bytes
     size = len(kept.data)
-    before = snapshot(server, api)
 
-    # when the same path is registered with another size, by batch and by tus
+    # when the same path is registered with another size, by batch and then by tus
     batch = register(api, item("keep.bin", size + 1, dataset="kept"))
     tus = api.post(
         "/files/",
@@ -592,11 +591,54 @@ def test_reregistering_stored_file_with_other_size_is_a_conflict_naming_both_siz
         },
     )
 
-    # then both are 409 saying what conflicts: the path, its state and both sizes
-    for resp in (batch, tus):
-        assert_error(resp, 409, "kept/keep.bin", "stored", str(size), str(size + 1))
+    # then it is version 2, to be uploaded, with a datafile id of its own; tus
+    # continues the same version 2
+    assert batch.status_code == 200, batch.text
+    (answer,) = batch.json()["files"]
+    assert (answer["action"], answer["version"]) == ("upload", 2)
+    assert answer["id"] != kept.id
+    assert tus.status_code == 201, tus.text
+    assert tus.headers["Location"] == answer["upload_url"]
+    # and version 1 is untouched, still listed with ?versions=all
+    assert_kept_intact(server, api, kept)
+    every = api.get("/api/v1/datafiles", params={"dataset": "kept", "versions": "all"}).json()
+    assert [(d["id"], d["version"]) for d in every["items"]] == [(kept.id, 1), (answer["id"], 2)]
+    latest = api.get("/api/v1/datafiles", params={"dataset": "kept"}).json()
+    assert [d["version"] for d in latest["items"]] == [2]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [
+        ("sha256", "abc", "64 hexadecimal digits"),
+        ("sha256", "g" * 64, "64 hexadecimal digits"),
+        ("owner", "alice/bob", "must not contain '/'"),
+        ("owner", "..", "must not be '..'"),
+        ("owner", "al\x07ice", "control character"),
+    ],
+)
+def test_bad_declared_sha256_or_owner_is_400_naming_the_field(
+    server: StageboxServer, api: httpx.Client, kept: Kept, field: str, value: str, rule: str
+):
+    before = snapshot(server, api)
+    # when a registration declares a malformed sha256 or owner
+    resp = register(api, {**item("keep.bin", len(kept.data), dataset="kept"), field: value})
+    # then it is 400 naming files[0].<field> and the rule; nothing stored is touched
+    assert_invalid(resp, f"files[0].{field}", rule)
     assert snapshot(server, api) == before
     assert_kept_intact(server, api, kept)
+
+
+def test_content_of_a_version_that_does_not_exist_is_400_naming_version(
+    server: StageboxServer, api: httpx.Client, kept: Kept
+):
+    # when version 7 of a path with one version is asked for
+    resp = api.get(f"/api/v1/datafiles/{kept.id}/content", params={"version": 7})
+    # then it is 400 naming version and the versions there are
+    assert_invalid(resp, "version", "versions 1 to 1")
+    assert api.get(f"/api/v1/datafiles/{kept.id}/content", params={"version": 1}).content == (
+        kept.data
+    )
 
 
 # --- zero bytes ----------------------------------------------------------------------------

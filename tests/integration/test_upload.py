@@ -40,7 +40,7 @@ def run_upload(server: StageboxServer, token: str, src: Path, *args: str) -> tup
 def stored_files(server: StageboxServer) -> dict[str, bytes]:
     store = server.data_dir / "store"
     return {
-        str(p.relative_to(store)).split("/", 2)[2]: p.read_bytes()
+        str(p.relative_to(store)).split("/", 4)[4]: p.read_bytes()
         for p in store.rglob("*")
         if p.is_file()
     }

@@ -1,4 +1,4 @@
-from stagebox.client.ratelimit import RateLimiter
+from stagebox.ratelimit import RateLimiter
 
 
 class FakeClock:

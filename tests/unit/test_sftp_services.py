@@ -111,7 +111,7 @@ def _register_sftp(ctx, uploader, size, filename="f.bin"):
 def test_sftp_upload_is_reread_verified_and_promoted(ctx, approved) -> None:
     data = os.urandom(100_000)
     answer = _register_sftp(ctx, approved, len(data))
-    assert answer.sftp_path.endswith(f"/{approved.uuid}/1/sub/f.bin")
+    assert answer.sftp_path.endswith(f"/{approved.uuid}/1/v1/sub/f.bin")
     with open(answer.sftp_path, "wb") as f:
         f.write(data)
     digest = hashlib.sha256(data).hexdigest()

@@ -137,6 +137,17 @@ class StageboxClient:
             if answer["state"] not in ("staged", "verified") or time.monotonic() >= deadline:
                 return answer
 
+    def whoami(self) -> dict[str, Any]:
+        """The uploader the token belongs to (its uuid, name and machine)."""
+        result: dict[str, Any] = self._request("GET", "/api/v1/uploader").json()
+        return result
+
+    def check(self, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """What the catalog holds of each local file (size, sha256): see ``stagebox verify``."""
+        answer = self._request("POST", "/api/v1/datafiles/check", json={"files": files})
+        result: list[dict[str, Any]] = answer.json()["files"]
+        return result
+
     def describe(self, machine: dict[str, str]) -> dict[str, Any]:
         result: dict[str, Any] = self._request("PUT", "/api/v1/uploader", json=machine).json()
         return result

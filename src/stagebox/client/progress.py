@@ -21,6 +21,8 @@ class FileResult:
     def to_json(self) -> dict[str, object]:
         return {
             "path": str(self.file.path),
+            "owner": self.file.owner or "",
+            "experiment": self.file.experiment or "",
             "dataset": self.file.dataset,
             "directory": self.file.directory,
             "filename": self.file.filename,

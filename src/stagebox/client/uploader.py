@@ -22,7 +22,6 @@ from stagebox.checksums import MultiHasher
 from stagebox.client.api import StageboxClient, retryable
 from stagebox.client.journal import Journal
 from stagebox.client.progress import FileResult, ProgressCallback, ProgressEvent, ignore
-from stagebox.client.ratelimit import RateLimiter
 from stagebox.client.scan import LocalFile
 from stagebox.errors import (
     AuthError,
@@ -33,6 +32,7 @@ from stagebox.errors import (
     ServerError,
     StageboxError,
 )
+from stagebox.ratelimit import RateLimiter
 from stagebox.transports import Transport, TusTransport
 from stagebox.wire import BUNDLE_CONTENT_TYPE, encode_bundle_header
 
@@ -153,6 +153,9 @@ class Uploader:
         started = time.monotonic()
         self.report = UploadReport()
         self._errors = []
+        if not self.journal.uploader:
+            # The journal's rows belong to one uploader: another token, another scope.
+            self.journal.uploader = self.client.whoami()["uuid"]
         # Work in flight is bounded, so memory does not grow with the tree.
         self._slots = threading.BoundedSemaphore(self.options.threads * 2)
         try:
@@ -171,21 +174,19 @@ class Uploader:
         return self.report
 
     def _run_batch(self, pool: ThreadPoolExecutor, batch: list[LocalFile]) -> None:
-        verified = self.journal.verified_among([str(f.path) for f in batch])
-        to_register = []
+        seen = self.journal.seen([f for f in batch if not f.error])
+        to_register: list[tuple[LocalFile, str | None]] = []
         for file in batch:
             if file.error:
                 self._finish(file, "failed", error=file.error)
-            elif verified.get(str(file.path)) == (file.size, file.mtime_ns):
-                self._finish(file, "skipped")
             else:
-                to_register.append(file)
+                # A journal hit is declared, not trusted: the server decides.
+                to_register.append((file, self.journal.unchanged_sha256(file, seen)))
+        uploads = list(self._register(to_register))
         self.progress(
-            ProgressEvent(
-                "planned", files=len(to_register), nbytes=sum(f.size for f in to_register)
-            )
+            ProgressEvent("planned", files=len(uploads), nbytes=sum(f.size for f, _ in uploads))
         )
-        for file, answer in self._register(to_register):
+        for file, answer in uploads:
             self._dispatch(pool, file, answer)
         self._flush_bundle(pool)
 
@@ -207,31 +208,78 @@ class Uploader:
         self.progress(ProgressEvent("finished", file=file, result=result))
         return result
 
-    def _register(self, files: list[LocalFile]) -> Iterator[tuple[LocalFile, dict[str, Any]]]:
+    def _register(
+        self, files: list[tuple[LocalFile, str | None]]
+    ) -> Iterator[tuple[LocalFile, dict[str, Any]]]:
+        """Register (file, declared sha256) pairs; yields the files to send.
+
+        The server answers each: skip (stored already), upload, or hash (a stored
+        version has this size but another mtime: the file is hashed and
+        registered again with its sha256, so a touched file is not sent again).
+        """
         if not files:
             return
+        entries = []
+        for file, sha256 in files:
+            entry = file.registration()
+            if sha256 is not None:
+                entry["sha256"] = sha256
+            entries.append(entry)
         try:
-            answers = self.client.register([f.registration() for f in files], self.options.method)
+            answers = self.client.register(entries, self.options.method)
         except ServerError as exc:
             if exc.status != 409 or len(files) == 1:
                 if len(files) == 1:
-                    self._finish(files[0], "failed", error=str(exc))
+                    self._finish(files[0][0], "failed", error=str(exc))
                     return
                 raise
-            # One file conflicts with what is stored: isolate it, keep the rest going.
-            for file in files:
-                yield from self._register([file])
+            # One file conflicts: isolate it, keep the rest going.
+            for pair in files:
+                yield from self._register([pair])
             return
-        skipped = []
-        for file, answer in zip(files, answers, strict=True):
+        skipped: list[tuple[LocalFile, str, int | None]] = []
+        to_hash: list[LocalFile] = []
+        for (file, _), answer in zip(files, answers, strict=True):
             if answer["action"] == "skip":
-                skipped.append(
-                    (file.path, file.size, file.mtime_ns, answer.get("sha256"), answer["id"])
-                )
-                self._finish(file, "skipped")
+                outcome = self._settled(answer, answer)
+                if outcome["state"] == "stored":
+                    skipped.append((file, str(answer.get("sha256") or ""), answer["id"]))
+                    self._finish(file, "skipped")
+                else:
+                    self._finish(file, "failed", error=self._left(outcome))
+            elif answer["action"] == "hash":
+                to_hash.append(file)
             else:
                 yield file, answer
-        self.journal.record_verified(skipped)
+        self.journal.record_stored([s for s in skipped if s[1]])
+        hashed: list[tuple[LocalFile, str | None]] = []
+        for file in to_hash:
+            try:
+                hashed.append((file, self._hash_file(file)))
+            except ChangedDuringUpload as exc:
+                self._finish(file, "failed", error=str(exc))
+        if hashed:
+            yield from self._register(hashed)
+
+    def _hash_file(self, file: LocalFile) -> str:
+        hasher = MultiHasher(("sha256",))
+        with _open_source(file) as f:
+            if hasher.update_from(f) != file.size:
+                raise ChangedDuringUpload("changed while it was hashed")
+            _check_unchanged(f, file)
+        return hasher.hexdigests()["sha256"]
+
+    def _settled(self, answer: dict[str, Any], outcome: dict[str, Any]) -> dict[str, Any]:
+        """The server's last word on a file: waits while it is verifying or promoting."""
+        if outcome["state"] in ("staged", "verified"):
+            size = int(outcome.get("size") or 0)
+            timeout = self.options.settle_timeout + size / 50e6
+            return self.client.wait_settled(answer["id"], timeout)
+        return outcome
+
+    @staticmethod
+    def _left(outcome: dict[str, Any]) -> str:
+        return str(outcome.get("error") or f"server left it {outcome['state']}, not stored")
 
     # -- dispatch: bundles for small files, a transport for the rest ---------
 
@@ -284,16 +332,19 @@ class Uploader:
             for file, _, _ in sent:
                 self._finish(file, "failed", error=str(exc))
             return
-        done = []
+        done: list[tuple[LocalFile, str, int | None]] = []
         for (file, answer, sha256), outcome in zip(sent, answers, strict=True):
             self.progress(ProgressEvent("advanced", file=file, nbytes=file.size))
-            if outcome["state"] in ("verified", "stored"):
-                done.append((file.path, file.size, file.mtime_ns, sha256, answer["id"]))
+            try:
+                outcome = self._settled(answer, outcome)
+            except StageboxError as exc:
+                outcome = {"state": "unknown", "error": str(exc)}
+            if outcome["state"] == "stored":
+                done.append((file, sha256, answer["id"]))
                 self._finish(file, "verified", file.size)
             else:
-                error = outcome.get("error") or f"server left it {outcome['state']}"
-                self._finish(file, "failed", file.size, error)
-        self.journal.record_verified(done)
+                self._finish(file, "failed", file.size, self._left(outcome))
+        self.journal.record_stored(done)
 
     def _post_bundle(self, parts: list[bytes]) -> list[dict[str, Any]]:
         if self.options.method == "http":
@@ -344,19 +395,15 @@ class Uploader:
                 log.info("%s: %s; resuming in %.1fs", file.display, exc, delay)
                 time.sleep(delay)
         try:
-            outcome = self.client.complete(answer["id"], digests)
-            if outcome["state"] == "staged":  # the server reads the bytes back first
-                timeout = self.options.settle_timeout + file.size / 50e6
-                outcome = self.client.wait_settled(answer["id"], timeout)
+            # The server may read the bytes back first (sftp), and promotes them:
+            # only a file in permanent storage counts.
+            outcome = self._settled(answer, self.client.complete(answer["id"], digests))
         except StageboxError as exc:
             return self._finish(file, "failed", sent, str(exc))
-        if outcome["state"] in ("verified", "stored"):
-            self.journal.record_verified(
-                [(file.path, file.size, file.mtime_ns, digests["sha256"], answer["id"])]
-            )
+        if outcome["state"] == "stored":
+            self.journal.record_stored([(file, digests["sha256"], answer["id"])])
             return self._finish(file, "verified", sent)
-        error = outcome.get("error") or f"server left it {outcome['state']}"
-        return self._finish(file, "failed", sent, error)
+        return self._finish(file, "failed", sent, self._left(outcome))
 
     def _stream(
         self, transport: Transport, file: LocalFile, url: str

@@ -18,6 +18,8 @@ from stagebox.server.schemas import (
     BatchAnswer,
     BatchRegister,
     BundleAnswer,
+    CheckAnswers,
+    CheckBatch,
     CompleteRequest,
     DatafilePage,
     DatafilePublic,
@@ -39,6 +41,14 @@ def register_batch(
             ctx, session, uploader, body.files, base, method=body.method
         )
     return BatchAnswer(files=answers)
+
+
+@router.post("/check")
+def check_batch(body: CheckBatch, ctx: CtxDep, uploader: UploaderDep) -> CheckAnswers:
+    """Up to 1,000 local files (size, sha256): is the newest stored version of each
+    one these bytes? Answers come from the catalog's recorded digests."""
+    with ctx.catalog.session() as session:
+        return CheckAnswers(files=datafiles.check_batch(session, uploader, body.files))
 
 
 @router.post("/bundle", response_model=BundleAnswer)
@@ -77,13 +87,25 @@ def list_datafiles(
     ctx: CtxDep,
     uploader: UploaderDep,
     dataset: str | None = None,
+    owner: str | None = None,
+    experiment: str | None = None,
     state: str | None = None,
+    versions: str = Query("latest", description="latest (one row a path) or all"),
     cursor: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
 ) -> DatafilePage:
+    """The newest version of each path; ``versions=all`` lists every version."""
     with ctx.catalog.session() as session:
         return datafiles.list_datafiles(
-            session, uploader, dataset=dataset, state=state, cursor=cursor, limit=limit
+            session,
+            uploader,
+            dataset=dataset,
+            owner=owner,
+            experiment=experiment,
+            state=state,
+            versions=versions,
+            cursor=cursor,
+            limit=limit,
         )
 
 
@@ -110,10 +132,18 @@ def get_datafile(
 
 
 @router.get("/{datafile_id}/content")
-def content(datafile_id: int, request: Request, ctx: CtxDep, uploader: UploaderDep) -> Response:
+def content(
+    datafile_id: int,
+    request: Request,
+    ctx: CtxDep,
+    uploader: UploaderDep,
+    version: int | None = Query(None, ge=1, description="another version of the same path"),
+) -> Response:
     """Stream the stored bytes; a single ``Range: bytes=a-b`` is honoured."""
     with ctx.catalog.session() as session:
         datafile = datafiles.get_owned(session, uploader, datafile_id)
+        if version is not None:
+            datafile = datafiles.version_of(session, uploader, datafile_id, version)
         replica = datafile.replicas[-1]
         if replica.state not in (ReplicaState.verified, ReplicaState.stored):
             raise Conflict(f"datafile {datafile_id} is {replica.state}, not yet verified")

@@ -126,10 +126,13 @@ class StorageBox(Base):
 
 
 class Dataset(Base):
-    """A dataset belongs to one uploader; ``experiment`` is '' when there is none."""
+    """A dataset is (uploader, owner, experiment, name); owner and experiment are ''
+    when the folder structure names none. Two owners' same-named datasets never meet."""
 
     __tablename__ = "datasets"
-    __table_args__ = (UniqueConstraint("uploader_id", "experiment", "name"),)
+    __table_args__ = (
+        UniqueConstraint("uploader_id", "owner", "experiment", "name", name="uq_datasets_identity"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uploader_id: Mapped[int] = mapped_column(ForeignKey("uploaders.id"))
@@ -142,13 +145,24 @@ class Dataset(Base):
 
 
 class Datafile(Base):
+    """One numbered version of the file at (dataset, directory, filename).
+
+    A changed file is a new row with the next ``version``, its own replicas and
+    its own store key; a version whose digests are recorded is never rewritten.
+    """
+
     __tablename__ = "datafiles"
-    __table_args__ = (UniqueConstraint("dataset_id", "directory", "filename"),)
+    __table_args__ = (
+        UniqueConstraint(
+            "dataset_id", "directory", "filename", "version", name="uq_datafiles_version"
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
     directory: Mapped[str] = mapped_column(String(1024), default="")
     filename: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     size: Mapped[int] = mapped_column(BigInteger)
     mtime: Mapped[float | None] = mapped_column(Float, nullable=True)
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -168,7 +182,10 @@ class Replica(Base):
     """One copy of a datafile in one box; the lifecycle copy moves staging → permanent."""
 
     __tablename__ = "replicas"
-    __table_args__ = (Index("ix_replicas_state_updated", "state", "updated_at"),)
+    __table_args__ = (
+        Index("ix_replicas_state_updated", "state", "updated_at"),
+        Index("ix_replicas_audit", "state", "audited_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     datafile_id: Mapped[int] = mapped_column(ForeignKey("datafiles.id"), index=True)
@@ -197,6 +214,9 @@ class Replica(Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     stored_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # The last fixity audit of a stored copy: ok, corrupt or missing (never repaired).
+    fixity: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    audited_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
     datafile: Mapped[Datafile] = relationship(back_populates="replicas")
     box: Mapped[StorageBox] = relationship()
@@ -289,3 +309,30 @@ class IngestFile(Base):
     staged_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     stored_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    fixity: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    audited_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class AuditResult(enum.StrEnum):
+    ok = "ok"
+    corrupt = "corrupt"
+    missing = "missing"
+
+
+class Audit(Base):
+    """One fixity check of one stored object: a datafile's replica or a bag's file."""
+
+    __tablename__ = "audits"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    replica_id: Mapped[int | None] = mapped_column(
+        ForeignKey("replicas.id"), index=True, nullable=True
+    )
+    ingest_file_id: Mapped[int | None] = mapped_column(
+        ForeignKey("ingest_files.id"), index=True, nullable=True
+    )
+    box_id: Mapped[int] = mapped_column(ForeignKey("storage_boxes.id"))
+    key: Mapped[str] = mapped_column(Text)
+    result: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    checked_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

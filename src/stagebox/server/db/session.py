@@ -37,13 +37,27 @@ class Catalog:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def migrate(self) -> None:
-        """Apply every Alembic migration not yet applied."""
+    def migrate(self, revision: str = "head") -> None:
+        """Apply every Alembic migration not yet applied (up to ``revision``)."""
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        sqlite = self.url.startswith("sqlite")
+        with self.engine.connect() as conn:
+            if sqlite:
+                # SQLite alters a table by copying it: with foreign keys enforced,
+                # dropping the old copy of a referenced table would fail. The
+                # pragma only takes effect outside a transaction.
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                conn.commit()
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+            if sqlite:
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
+                if broken:
+                    raise RuntimeError(f"catalog migration left broken references: {broken[:5]}")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -47,7 +47,9 @@ class _Replica:
     size: int
     directory: str
     filename: str
+    version: int
     dataset_id: int
+    owner: str
 
 
 class BundleReceiver:
@@ -118,7 +120,9 @@ class BundleReceiver:
                     Datafile.size,
                     Datafile.directory,
                     Datafile.filename,
+                    Datafile.version,
                     Datafile.dataset_id,
+                    Dataset.owner,
                 )
                 .join(Replica.datafile)
                 .join(Datafile.dataset)
@@ -231,7 +235,12 @@ class BundleReceiver:
                 )
                 continue
             dest = verify.store_key_of(
-                self._uploader.uuid, replica.dataset_id, replica.directory, replica.filename
+                self._uploader.uuid,
+                replica.owner,
+                replica.dataset_id,
+                replica.version,
+                replica.directory,
+                replica.filename,
             )
             if in_body:
                 to_store.append((entry.id, dest))

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import Table, insert, select, tuple_
+from sqlalchemy import Select, Table, func, insert, select, tuple_
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, aliased, joinedload
 
-from stagebox.errors import Conflict, InvalidInput, InvalidName, NotFound, StageboxError
-from stagebox.names import clean_component, clean_directory
+from stagebox.errors import Conflict, InvalidInput, NotFound, StageboxError
+from stagebox.names import clean_component, clean_directory, join_key
 from stagebox.server.db.models import (
     Datafile,
     Dataset,
@@ -22,6 +23,8 @@ from stagebox.server.db.models import (
     utcnow,
 )
 from stagebox.server.schemas import (
+    CheckAnswer,
+    CheckItem,
     DatafilePage,
     DatafilePublic,
     DatafileRegister,
@@ -40,13 +43,17 @@ def staging_key(uploader: Uploader, token: str) -> str:
     return f"http/{uploader.uuid}/{token}"
 
 
-def sftp_key(uploader: Uploader, dataset_id: int, directory: str, filename: str) -> str:
-    """``<uploader-uuid>/<dataset-id>/<directory>/<filename>`` inside the sftp box.
+def sftp_key(
+    uploader: Uploader, dataset_id: int, version: int, directory: str, filename: str
+) -> str:
+    """``<uploader-uuid>/<dataset-id>/v<version>/<directory>/<filename>`` in the sftp box.
 
-    The dataset's id, not its name: names repeat across experiments and would
-    make two datasets share one staging folder.
+    The dataset's id, not its name: names repeat across experiments and owners
+    and would make two datasets share one staging folder; the version, so a new
+    version never writes where an earlier one may still be staged.
     """
-    return "/".join(p for p in (uploader.uuid, str(dataset_id), directory, filename) if p)
+    parts = (uploader.uuid, str(dataset_id), f"v{version}", directory, filename)
+    return "/".join(p for p in parts if p)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,18 @@ def sftp_target(session: Session, uploader: Uploader) -> Target:
     )
 
 
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def clean_sha256(value: str | None, field: str = "sha256") -> str | None:
+    """A declared sha256 in lower case; InvalidInput naming ``field`` unless 64 hex digits."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _HEX64.match(value):
+        raise InvalidInput(field, "must be 64 hexadecimal digits", str(value)[:80])
+    return value.lower()
+
+
 def clean_item(item: DatafileRegister, index: int | None = None) -> DatafileRegister:
     """The item with every name checked and NFC-normalised; errors name the field."""
     where = "" if index is None else f"files[{index}]."
@@ -93,35 +112,122 @@ def clean_item(item: DatafileRegister, index: int | None = None) -> DatafileRegi
             filename=clean_component(item.filename, "filename"),
             size=item.size,
             mtime=item.mtime,
+            sha256=clean_sha256(item.sha256, "sha256"),
         )
-    except InvalidName as exc:
-        raise InvalidName(where + exc.field, exc.rule, exc.value) from None
+    except InvalidInput as exc:
+        raise type(exc)(where + exc.field, exc.rule, exc.value) from None
 
 
-def _dataset(
-    session: Session, uploader: Uploader, name: str, experiment: str, owner: str
-) -> Dataset:
-    query = select(Dataset).where(
+@dataclass(frozen=True)
+class Identity:
+    """What names a dataset within one uploader."""
+
+    owner: str
+    experiment: str
+    name: str
+
+    @classmethod
+    def of(cls, item: DatafileRegister | CheckItem) -> Identity:
+        return cls(item.owner or "", item.experiment or "", item.dataset)
+
+
+def _dataset_query(uploader: Uploader, identity: Identity) -> Select[Any]:
+    return select(Dataset).where(
         Dataset.uploader_id == uploader.id,
-        Dataset.experiment == experiment,
-        Dataset.name == name,
+        Dataset.owner == identity.owner,
+        Dataset.experiment == identity.experiment,
+        Dataset.name == identity.name,
     )
-    found = session.scalar(query)
+
+
+def find_dataset(session: Session, uploader: Uploader, identity: Identity) -> Dataset | None:
+    found: Dataset | None = session.scalar(_dataset_query(uploader, identity))
+    return found
+
+
+def _dataset(session: Session, uploader: Uploader, identity: Identity) -> Dataset:
+    found = find_dataset(session, uploader, identity)
     if found is not None:
         return found
     try:
         with session.begin_nested():
             dataset = Dataset(
-                uploader_id=uploader.id, experiment=experiment, name=name, owner=owner
+                uploader_id=uploader.id,
+                owner=identity.owner,
+                experiment=identity.experiment,
+                name=identity.name,
             )
             session.add(dataset)
     except IntegrityError:  # another request created it first
-        return session.scalars(query).one()
+        again: Dataset = session.scalars(_dataset_query(uploader, identity)).one()
+        return again
     return dataset
 
 
+def versions_of(
+    session: Session, dataset_id: int, pairs: set[tuple[str, str]]
+) -> dict[tuple[str, str], Datafile]:
+    """The latest version of each (directory, filename) of ``pairs`` in one dataset.
+
+    One query per dataset instead of one per file: per-file overhead is what
+    kills trees of small files. Exact pairs, so folders that reuse file names
+    do not pull in every earlier folder's rows.
+    """
+    latest: dict[tuple[str, str], Datafile] = {}
+    if not pairs:
+        return latest
+    rows = session.scalars(
+        select(Datafile)
+        .options(joinedload(Datafile.replicas))
+        .where(
+            Datafile.dataset_id == dataset_id,
+            tuple_(Datafile.directory, Datafile.filename).in_(pairs),
+        )
+        .order_by(Datafile.version)
+    ).unique()
+    for df in rows:
+        latest[(df.directory, df.filename)] = df
+    return latest
+
+
+Decision = Literal["skip", "hash", "new", "resume"]
+LOST = ("corrupt", "missing")
+
+
+def decide(latest: Datafile | None, item: DatafileRegister, *, can_hash: bool = True) -> Decision:
+    """What a registration of ``item`` does, given the latest version of its path.
+
+    Against a version whose digests are recorded (verified or stored): the same
+    bytes are skipped; other bytes (another size, another declared sha256) are a
+    new version; the same size with another mtime and no sha256 is ``hash`` (the
+    client hashes and registers again) or, for a client that cannot, a new
+    version. A stored copy an audit found corrupt or missing is sent again as a
+    new version: it is never counted as stored. An unfinished or failed latest
+    version is resumed (restarted from zero where it changed).
+    """
+    if latest is None:
+        return "new"
+    replica = latest.replicas[-1]
+    if replica.state not in (S.verified, S.stored):
+        return "resume"
+    if replica.fixity in LOST or latest.size != item.size:
+        return "new"
+    if item.size == 0:
+        return "skip"
+    if item.sha256 is not None:
+        return "skip" if item.sha256 == latest.sha256 else "new"
+    if item.mtime is not None and item.mtime == latest.mtime:
+        return "skip"
+    return "hash" if can_hash else "new"
+
+
 def location(
-    uploader: Uploader, target: Target, dataset_id: int, directory: str, filename: str
+    uploader: Uploader,
+    target: Target,
+    dataset_id: int,
+    version: int,
+    directory: str,
+    filename: str,
 ) -> dict[str, object]:
     """Box, key, method and upload token of a replica sent the ``target`` way."""
     if target.method == "http":
@@ -134,7 +240,7 @@ def location(
         }
     return {
         "box_id": target.box_id,
-        "key": sftp_key(uploader, dataset_id, directory, filename),
+        "key": sftp_key(uploader, dataset_id, version, directory, filename),
         "method": target.method,
         "upload_token": None,
     }
@@ -147,11 +253,12 @@ def replica_values(
     now: dt.datetime,
     target: Target,
     dataset_id: int,
+    version: int,
     item: DatafileRegister,
 ) -> dict[str, object]:
     """Columns of a fresh replica in the target's staging box."""
     return {
-        **location(uploader, target, dataset_id, item.directory, item.filename),
+        **location(uploader, target, dataset_id, version, item.directory, item.filename),
         "state": S.registered.value,
         "awaits_complete": awaits_complete,
         "created_at": now,
@@ -203,58 +310,93 @@ def register_one(
     item: DatafileRegister,
     *,
     awaits_complete: bool = True,
-    index: int | None = None,
+    can_hash: bool = True,
     dataset: Dataset | None = None,
-    existing: Datafile | None = None,
+    latest: Datafile | None = None,
     target: Target | None = None,
-) -> tuple[Datafile, Replica, bool]:
-    """Register (or find) one datafile; returns it, its replica and whether to skip."""
+) -> tuple[Datafile, Replica, Decision]:
+    """Register one datafile (see :func:`decide`); returns the version the answer is
+    about, its replica and the decision."""
     target = target or http_target(ctx)
     if dataset is None:
-        dataset = _dataset(session, uploader, item.dataset, item.experiment or "", item.owner or "")
-    if existing is None:
-        existing = session.scalar(
-            select(Datafile).where(
-                Datafile.dataset_id == dataset.id,
-                Datafile.directory == item.directory,
-                Datafile.filename == item.filename,
-            )
+        dataset = _dataset(session, uploader, Identity.of(item))
+        latest = versions_of(session, dataset.id, {(item.directory, item.filename)}).get(
+            (item.directory, item.filename)
         )
-    if existing is None:
-        datafile = Datafile(
-            dataset_id=dataset.id,
-            directory=item.directory,
-            filename=item.filename,
-            size=item.size,
-            mtime=item.mtime,
-        )
-        replica = Replica(
-            **replica_values(ctx, uploader, awaits_complete, utcnow(), target, dataset.id, item)
-        )
-        datafile.replicas.append(replica)
-        session.add(datafile)
-        session.flush()
-        if item.size == 0:
-            stage_empty(ctx, session, replica)
-        return datafile, replica, False
+    decision = decide(latest, item, can_hash=can_hash)
+    if decision == "new":
+        version = latest.version + 1 if latest is not None else 1
+        datafile = _new_version(ctx, session, uploader, dataset, version, item, target)
+        datafile.replicas[-1].awaits_complete = awaits_complete
+        return datafile, datafile.replicas[-1], decision
+    assert latest is not None
+    replica = latest.replicas[-1]
+    if decision == "skip":
+        if item.mtime is not None and latest.mtime != item.mtime:
+            latest.mtime = item.mtime  # touched, same bytes: the new mtime is recorded
+        return latest, replica, decision
+    if decision == "hash":
+        return latest, replica, decision
+    _resume(ctx, session, uploader, dataset, latest, item, target)
+    replica.awaits_complete = replica.awaits_complete and awaits_complete
+    return latest, replica, decision
 
-    datafile = existing
+
+def _new_version(
+    ctx: ServerContext,
+    session: Session,
+    uploader: Uploader,
+    dataset: Dataset,
+    version: int,
+    item: DatafileRegister,
+    target: Target,
+) -> Datafile:
+    datafile = Datafile(
+        dataset_id=dataset.id,
+        directory=item.directory,
+        filename=item.filename,
+        version=version,
+        size=item.size,
+        mtime=item.mtime,
+    )
+    replica = Replica(
+        **replica_values(ctx, uploader, True, utcnow(), target, dataset.id, version, item)
+    )
+    datafile.replicas.append(replica)
+    try:
+        with session.begin_nested():
+            session.add(datafile)
+    except IntegrityError:
+        # Another request registered this version at the same moment.
+        raise Conflict(
+            f"{item.dataset}/{join_key(item.directory, item.filename)}: version {version} "
+            "was registered by another request at the same time; register again"
+        ) from None
+    if item.size == 0:
+        stage_empty(ctx, session, replica)
+    return datafile
+
+
+def _resume(
+    ctx: ServerContext,
+    session: Session,
+    uploader: Uploader,
+    dataset: Dataset,
+    datafile: Datafile,
+    item: DatafileRegister,
+    target: Target,
+) -> None:
+    """Continue an unfinished (or failed) version; start it over where that is needed."""
     replica = datafile.replicas[-1]
-    path = "/".join(p for p in (item.dataset, item.directory, item.filename) if p)
-    if replica.state in (S.verified, S.stored):
-        if datafile.size != item.size:
-            where = "" if index is None else f"files[{index}]: "
-            raise Conflict(
-                f"{where}{path} is already {replica.state} with size {datafile.size}; "
-                f"it cannot be registered again with size {item.size}"
-            )
-        return datafile, replica, True
     moved = None
     if replica.method != target.method or replica.box_id != target.box_id:
         # Sent another way this time (sftp was approved, or fell back to http):
         # the partial bytes of the old way are of no use to the new one.
-        moved = location(uploader, target, dataset.id, item.directory, item.filename)
-    if moved or datafile.size != item.size or replica.state == S.failed:
+        moved = location(
+            uploader, target, dataset.id, datafile.version, item.directory, item.filename
+        )
+    touched = item.mtime is not None and datafile.mtime is not None and item.mtime != datafile.mtime
+    if moved or datafile.size != item.size or touched or replica.state == S.failed:
         # The file changed before it was verified, or a retry after a failure:
         # start over from byte zero; nothing verified is touched.
         datafile.size = item.size
@@ -262,8 +404,6 @@ def register_one(
         if item.size == 0:
             stage_empty(ctx, session, replica)
     datafile.mtime = item.mtime
-    replica.awaits_complete = replica.awaits_complete and awaits_complete
-    return datafile, replica, False
 
 
 def register_batch(
@@ -276,70 +416,51 @@ def register_batch(
 ) -> list[RegisterAnswer]:
     target = sftp_target(session, uploader) if method == "sftp" else http_target(ctx)
     cleaned = [clean_item(item, i) for i, item in enumerate(items)]
-    datasets: dict[tuple[str, str], Dataset] = {}
-    known: dict[tuple[int, str, str], Datafile] = {}
+    datasets: dict[Identity, Dataset] = {}
     for item in cleaned:
-        scope = (item.experiment or "", item.dataset)
-        if scope not in datasets:
-            datasets[scope] = _dataset(session, uploader, item.dataset, scope[0], item.owner or "")
-    # One query per dataset instead of one per file: per-file overhead is what
-    # kills trees of small files.
-    for scope, dataset in datasets.items():
-        # Exact (directory, filename) pairs: folders that reuse file names must
-        # not pull in every earlier folder's rows.
-        pairs = {
-            (i.directory, i.filename) for i in cleaned if (i.experiment or "", i.dataset) == scope
-        }
-        rows = session.scalars(
-            select(Datafile)
-            .options(joinedload(Datafile.replicas))
-            .where(
-                Datafile.dataset_id == dataset.id,
-                tuple_(Datafile.directory, Datafile.filename).in_(pairs),
-            )
-        ).unique()
-        for df in rows:
-            known[(dataset.id, df.directory, df.filename)] = df
+        identity = Identity.of(item)
+        if identity not in datasets:
+            datasets[identity] = _dataset(session, uploader, identity)
+    latest: dict[tuple[int, str, str], Datafile] = {}
+    for identity, dataset in datasets.items():
+        pairs = {(i.directory, i.filename) for i in cleaned if Identity.of(i) == identity}
+        for (directory, filename), df in versions_of(session, dataset.id, pairs).items():
+            latest[(dataset.id, directory, filename)] = df
 
-    # New files are inserted together, two statements for the whole batch;
-    # known ones go one by one, since each may need its staged bytes reset.
+    # New versions are inserted together, two statements for the whole batch;
+    # unfinished ones go one by one, since each may need its staged bytes reset.
     answers: list[RegisterAnswer | None] = []
     fresh: dict[tuple[int, str, str], list[int]] = {}
-    fresh_items: list[tuple[int, DatafileRegister]] = []
+    fresh_items: list[tuple[int, int, DatafileRegister]] = []
     for index, item in enumerate(cleaned):
-        dataset = datasets[(item.experiment or "", item.dataset)]
+        dataset = datasets[Identity.of(item)]
         where = (dataset.id, item.directory, item.filename)
-        datafile = known.get(where)
-        if datafile is not None:
-            _, replica, skip = register_one(
-                ctx,
-                session,
-                uploader,
-                item,
-                index=index,
-                dataset=dataset,
-                existing=datafile,
-                target=target,
-            )
-            answers.append(
-                _answer(
-                    datafile.id,
-                    replica.state,
-                    replica.key,
-                    replica.upload_token,
-                    replica.bytes_staged or 0,
-                    skip,
-                    base_url,
-                    target,
-                    datafile.sha256,
-                )
-            )
+        if where in fresh:  # NFC twins in one batch share one datafile
+            fresh[where].append(index)
+            answers.append(None)
             continue
-        if where not in fresh:  # NFC twins in one batch share one datafile
-            fresh[where] = []
-            fresh_items.append((dataset.id, item))
-        fresh[where].append(index)
-        answers.append(None)
+        found = latest.get(where)
+        decision = decide(found, item)
+        if decision == "new":
+            fresh[where] = [index]
+            fresh_items.append((dataset.id, found.version + 1 if found else 1, item))
+            answers.append(None)
+            continue
+        datafile, replica, decision = register_one(
+            ctx, session, uploader, item, dataset=dataset, latest=found, target=target
+        )
+        answers.append(
+            _answer(
+                datafile,
+                replica.state,
+                replica.key,
+                replica.upload_token,
+                replica.bytes_staged or 0,
+                decision,
+                base_url,
+                target,
+            )
+        )
     if fresh_items:
         created = _insert_new(ctx, session, uploader, fresh_items, base_url, target)
         for indexes, answer in zip(fresh.values(), created, strict=True):
@@ -352,38 +473,46 @@ def _insert_new(
     ctx: ServerContext,
     session: Session,
     uploader: Uploader,
-    items: list[tuple[int, DatafileRegister]],
+    items: list[tuple[int, int, DatafileRegister]],
     base_url: str,
     target: Target,
 ) -> list[RegisterAnswer]:
+    """Insert new versions (dataset id, version, item) together."""
     now = utcnow()
-    ids = session.scalars(
-        insert(Datafile).returning(Datafile.id, sort_by_parameter_order=True),
-        [
-            {
-                "dataset_id": dataset_id,
-                "directory": item.directory,
-                "filename": item.filename,
-                "size": item.size,
-                "mtime": item.mtime,
-                "created_at": now,
-            }
-            for dataset_id, item in items
-        ],
-    ).all()
+    values = [
+        {
+            "dataset_id": dataset_id,
+            "directory": item.directory,
+            "filename": item.filename,
+            "version": version,
+            "size": item.size,
+            "mtime": item.mtime,
+            "created_at": now,
+        }
+        for dataset_id, version, item in items
+    ]
+    try:
+        with session.begin_nested():
+            ids = session.scalars(
+                insert(Datafile).returning(Datafile.id, sort_by_parameter_order=True), values
+            ).all()
+    except IntegrityError:
+        raise Conflict(
+            "another request registered some of these files at the same moment; register again"
+        ) from None
     rows = [
         {
             "datafile_id": datafile_id,
-            **replica_values(ctx, uploader, True, now, target, dataset_id, item),
+            **replica_values(ctx, uploader, True, now, target, dataset_id, version, item),
         }
-        for datafile_id, (dataset_id, item) in zip(ids, items, strict=True)
+        for datafile_id, (dataset_id, version, item) in zip(ids, items, strict=True)
     ]
     # Core, not the ORM's bulk path: no instances are needed for new rows.
     table = Replica.__table__
     assert isinstance(table, Table)
     session.connection().execute(insert(table), rows)
     answers = []
-    for datafile_id, row, (_, item) in zip(ids, rows, items, strict=True):
+    for datafile_id, row, (_, version, item) in zip(ids, rows, items, strict=True):
         state, key, token = str(row["state"]), str(row["key"]), row["upload_token"]
         if item.size == 0:
             replica = session.scalars(
@@ -393,28 +522,42 @@ def _insert_new(
             state = replica.state
         answers.append(
             _answer(
-                datafile_id, state, key, str(token) if token else None, 0, False, base_url, target
+                (datafile_id, version, None),
+                state,
+                key,
+                str(token) if token else None,
+                0,
+                "new",
+                base_url,
+                target,
             )
         )
     return answers
 
 
 def _answer(
-    datafile_id: int,
+    datafile: Datafile | tuple[int, int, str | None],
     state: str,
     key: str,
     token: str | None,
     offset: int,
-    skip: bool,
+    decision: Decision,
     base_url: str,
     target: Target,
-    sha256: str | None = None,
 ) -> RegisterAnswer:
-    if skip:
-        return RegisterAnswer(id=datafile_id, state=state, action="skip", sha256=sha256)
+    """The answer for one file: a version (row, or its id, number and sha256)."""
+    if isinstance(datafile, Datafile):
+        datafile_id, version, sha256 = datafile.id, datafile.version, datafile.sha256
+    else:
+        datafile_id, version, sha256 = datafile
+    if decision in ("skip", "hash"):
+        return RegisterAnswer(
+            id=datafile_id, version=version, state=state, action=decision, sha256=sha256
+        )
     if target.sftp is not None:
         return RegisterAnswer(
             id=datafile_id,
+            version=version,
             state=state,
             action="upload",
             method=target.method,
@@ -426,6 +569,7 @@ def _answer(
         )
     return RegisterAnswer(
         id=datafile_id,
+        version=version,
         state=state,
         action="upload",
         upload_url=f"{base_url}/files/{token}",
@@ -446,8 +590,10 @@ def public(datafile: Datafile, base_url: str | None = None) -> DatafilePublic:
     unfinished = replica.state in (S.registered, S.uploading)
     return DatafilePublic(
         id=datafile.id,
+        version=datafile.version,
         dataset=datafile.dataset.name,
         experiment=datafile.dataset.experiment,
+        owner=datafile.dataset.owner,
         directory=datafile.directory,
         filename=datafile.filename,
         size=datafile.size,
@@ -463,6 +609,24 @@ def public(datafile: Datafile, base_url: str | None = None) -> DatafilePublic:
             if base_url and unfinished and replica.upload_token
             else None
         ),
+        fixity=replica.fixity,
+        audited_at=replica.audited_at.isoformat() + "Z" if replica.audited_at else None,
+    )
+
+
+def latest_only(query: Select[Any]) -> Select[Any]:
+    """Only the newest version of each path."""
+    newer = aliased(Datafile)
+    return query.where(
+        Datafile.version
+        == select(func.max(newer.version))
+        .where(
+            newer.dataset_id == Datafile.dataset_id,
+            newer.directory == Datafile.directory,
+            newer.filename == Datafile.filename,
+        )
+        .correlate(Datafile)
+        .scalar_subquery()
     )
 
 
@@ -474,7 +638,12 @@ def list_datafiles(
     state: str | None,
     cursor: str | None,
     limit: int,
+    owner: str | None = None,
+    experiment: str | None = None,
+    versions: str = "latest",
 ) -> DatafilePage:
+    """One page of the uploader's datafiles: the latest version of each path, or
+    every version with ``versions="all"``."""
     query = (
         select(Datafile)
         .join(Datafile.dataset)
@@ -482,8 +651,15 @@ def list_datafiles(
         .where(Dataset.uploader_id == uploader.id)
         .order_by(Datafile.id)
     )
-    if dataset is not None:
-        query = query.where(Dataset.name == dataset)
+    if versions not in ("latest", "all"):
+        raise InvalidInput("versions", "must be latest or all", versions)
+    if versions == "latest":
+        query = latest_only(query)
+    for column, value in ((Dataset.name, dataset), (Dataset.owner, owner)):
+        if value is not None:
+            query = query.where(column == value)
+    if experiment is not None:
+        query = query.where(Dataset.experiment == experiment)
     if state is not None:
         if state not in ReplicaState.__members__:
             raise InvalidInput("state", f"must be one of {', '.join(ReplicaState)}", state)
@@ -503,6 +679,127 @@ def list_datafiles(
         items=[public(df) for df in rows],
         next_cursor=str(rows[-1].id) if more and rows else None,
     )
+
+
+def version_of(session: Session, uploader: Uploader, datafile_id: int, version: int) -> Datafile:
+    """Version ``version`` of the path that datafile ``datafile_id`` is a version of."""
+    datafile = get_owned(session, uploader, datafile_id)
+    if version == datafile.version:
+        return datafile
+    found = session.scalar(
+        select(Datafile)
+        .options(joinedload(Datafile.dataset), joinedload(Datafile.replicas))
+        .where(
+            Datafile.dataset_id == datafile.dataset_id,
+            Datafile.directory == datafile.directory,
+            Datafile.filename == datafile.filename,
+            Datafile.version == version,
+        )
+    )
+    if found is None:
+        newest = session.scalar(
+            select(func.max(Datafile.version)).where(
+                Datafile.dataset_id == datafile.dataset_id,
+                Datafile.directory == datafile.directory,
+                Datafile.filename == datafile.filename,
+            )
+        )
+        raise InvalidInput(
+            "version", f"datafile {datafile_id} has versions 1 to {newest}", str(version)
+        )
+    return found
+
+
+def check_batch(session: Session, uploader: Uploader, items: list[CheckItem]) -> list[CheckAnswer]:
+    """For each local file (size and sha256), what the catalog says of it.
+
+    The reference is the newest *stored* version of its path: ``stored`` when it
+    has this size and sha256 (``corrupt`` or ``missing`` when an audit found the
+    stored copy so), ``in progress`` when a newer version is still on its way,
+    ``differs`` when the stored bytes are others, ``missing`` when nothing of
+    the path is stored. Nothing is created or changed.
+    """
+    cleaned: list[tuple[Identity, str, str, CheckItem]] = []
+    for i, item in enumerate(items):
+        probe = clean_item(
+            DatafileRegister(
+                dataset=item.dataset,
+                experiment=item.experiment,
+                owner=item.owner,
+                directory=item.directory,
+                filename=item.filename,
+                size=item.size,
+                sha256=item.sha256,
+            ),
+            i,
+        )
+        cleaned.append((Identity.of(probe), probe.directory, probe.filename, item))
+    datasets: dict[Identity, Dataset | None] = {}
+    for identity, *_ in cleaned:
+        if identity not in datasets:
+            datasets[identity] = find_dataset(session, uploader, identity)
+    history: dict[tuple[int, str, str], list[Datafile]] = {}
+    for identity, dataset in datasets.items():
+        if dataset is None:
+            continue
+        pairs = {(d, f) for ident, d, f, _ in cleaned if ident == identity}
+        rows = session.scalars(
+            select(Datafile)
+            .options(joinedload(Datafile.replicas))
+            .where(
+                Datafile.dataset_id == dataset.id,
+                tuple_(Datafile.directory, Datafile.filename).in_(pairs),
+            )
+            .order_by(Datafile.version)
+        ).unique()
+        for df in rows:
+            history.setdefault((dataset.id, df.directory, df.filename), []).append(df)
+    answers = []
+    for identity, directory, filename, item in cleaned:
+        dataset = datasets[identity]
+        versions = history.get((dataset.id, directory, filename), []) if dataset else []
+        answers.append(_check_one(versions, item.size, item.sha256.lower()))
+    return answers
+
+
+def _check_one(versions: list[Datafile], size: int, sha256: str) -> CheckAnswer:
+    stored = [v for v in versions if v.replicas and v.replicas[-1].state == S.stored]
+    newest = stored[-1] if stored else None
+    if newest is not None and (newest.size, newest.sha256) == (size, sha256):
+        replica = newest.replicas[-1]
+        answer = CheckAnswer(
+            state="stored",
+            id=newest.id,
+            version=newest.version,
+            size=newest.size,
+            sha256=newest.sha256,
+        )
+        if replica.fixity in LOST:
+            when = replica.audited_at.isoformat() + "Z" if replica.audited_at else "?"
+            answer.state = "corrupt" if replica.fixity == "corrupt" else "missing"
+            answer.detail = f"the audit of {when} found the stored copy {replica.fixity}"
+        return answer
+    later = [v for v in versions if newest is None or v.version > newest.version]
+    if any(v.replicas and v.replicas[-1].state != S.failed for v in later):
+        pending = later[-1]
+        return CheckAnswer(
+            state="in progress",
+            id=pending.id,
+            version=pending.version,
+            size=pending.size,
+            detail=f"version {pending.version} is {pending.replicas[-1].state}",
+        )
+    if newest is not None:
+        return CheckAnswer(
+            state="differs",
+            id=newest.id,
+            version=newest.version,
+            size=newest.size,
+            sha256=newest.sha256,
+            detail=f"stored version {newest.version} has {newest.size} bytes, "
+            f"sha256 {newest.sha256}",
+        )
+    return CheckAnswer(state="missing", detail="no version of this file is stored")
 
 
 def complete(

@@ -185,17 +185,21 @@ def create_upload(
         directory=meta.get("directory", ""),
         filename=meta["filename"],
         experiment=meta.get("experiment") or None,
+        owner=meta.get("owner") or None,
         size=length,
+        sha256=declared,
     )
     try:
         item = datafiles.clean_item(item)
     except InvalidName as exc:
         raise InvalidName(f"Upload-Metadata {exc.field}", exc.rule, exc.value) from None
     with ctx.catalog.session() as session:
-        _, replica, skip = datafiles.register_one(
-            ctx, session, uploader, item, awaits_complete=False
+        # A stock client cannot be asked to hash: bytes it sends are taken as
+        # a new version unless their declared sha256 is the stored one's.
+        _, replica, decision = datafiles.register_one(
+            ctx, session, uploader, item, awaits_complete=False, can_hash=False
         )
-        if not skip:
+        if decision != "skip":
             replica.declared_sha256 = declared.lower() if declared else None
             replica.upload_metadata = metadata_header
             if replica.state == S.staged:  # zero bytes: finished on creation

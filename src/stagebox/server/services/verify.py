@@ -26,13 +26,29 @@ S = ReplicaState
 
 
 def store_key(datafile: Datafile) -> str:
-    """Permanent key: uploader, dataset id (names may repeat across experiments), path."""
+    """The permanent key of one version of a datafile (see :func:`store_key_of`)."""
     dataset = datafile.dataset
-    return store_key_of(dataset.uploader.uuid, dataset.id, datafile.directory, datafile.filename)
+    return store_key_of(
+        dataset.uploader.uuid,
+        dataset.owner,
+        dataset.id,
+        datafile.version,
+        datafile.directory,
+        datafile.filename,
+    )
 
 
-def store_key_of(uploader_uuid: str, dataset_id: int, directory: str, filename: str) -> str:
-    return "/".join(p for p in (uploader_uuid, str(dataset_id), directory, filename) if p)
+def store_key_of(
+    uploader_uuid: str, owner: str, dataset_id: int, version: int, directory: str, filename: str
+) -> str:
+    """``<uploader-uuid>/<owner or _>/<dataset-id>/v<version>/<directory>/<filename>``.
+
+    The dataset's id keeps apart datasets whose names repeat (across owners and
+    experiments); the version keeps every version's bytes under a key of its
+    own, so a key whose digests are recorded is never written again.
+    """
+    parts = (uploader_uuid, owner or "_", str(dataset_id), f"v{version}", directory, filename)
+    return "/".join(p for p in parts if p)
 
 
 def part_key(key: str) -> str:

@@ -1,4 +1,4 @@
-"""A token bucket shared by every upload thread (``stagebox upload --bwlimit``)."""
+"""A token bucket shared by threads: the upload's ``--bwlimit``, the audit's read rate."""
 
 from __future__ import annotations
 
