@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from stagebox.cli import admin, bag, demo, ingest, packages, register, serve, upload
+from stagebox.cli import admin, bag, demo, ingest, packages, register, serve, upload, verify
 from stagebox.errors import ConfigError, Forbidden, InvalidInput, StageboxError
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.command("upload")(upload.upload)
+app.command("verify")(verify.verify)
 app.command("register")(register.register)
 app.command("demo")(demo.demo)
 app.command("pack")(packages.pack_command)

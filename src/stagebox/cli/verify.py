@@ -1,0 +1,111 @@
+"""``stagebox verify``: a receipt. Is every selected local file stored, byte for byte?"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stagebox.client.api import StageboxClient
+from stagebox.client.receipt import STATES, Receipt, Verifier
+from stagebox.client.scan import STRUCTURES, SYMLINKS, Omission, ScanRules, scan
+from stagebox.errors import ConfigError
+
+SHOWN = 200
+
+
+def verify(
+    src: Annotated[Path, typer.Argument(help="folder to check")],
+    server: Annotated[str, typer.Option(help="server URL, e.g. https://stagebox.example.org")],
+    token: Annotated[
+        str | None, typer.Option(envvar="STAGEBOX_TOKEN", help="API token (or STAGEBOX_TOKEN)")
+    ] = None,
+    structure: Annotated[
+        str, typer.Option(help=f"folder structure: {' | '.join(STRUCTURES)}")
+    ] = "dataset",
+    dataset: Annotated[str | None, typer.Option(help="SRC itself is this dataset")] = None,
+    include: Annotated[list[str] | None, typer.Option(help="only files matching GLOB")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="skip files matching GLOB")] = None,
+    min_age: Annotated[
+        float, typer.Option(help="ignore files modified in the last MINUTES", min=0)
+    ] = 0.0,
+    symlinks: Annotated[
+        str, typer.Option(help=f"symbolic links: {' | '.join(SYMLINKS)} (follow stays in SRC)")
+    ] = "skip",
+    threads: Annotated[int, typer.Option(help="files hashed at once", min=1, max=64)] = 2,
+    show_all: Annotated[bool, typer.Option("--all", help="list stored files too")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON report")] = False,
+    cacert: Annotated[Path | None, typer.Option(help="CA bundle to trust for TLS")] = None,
+) -> None:
+    """Hash every selected file and ask the server whether its newest stored version
+    is these bytes. Uploads nothing. Exit 0 only when every file is stored and identical."""
+    if not token:
+        raise ConfigError("no token: pass --token or set STAGEBOX_TOKEN")
+    rules = ScanRules(
+        structure=structure,
+        dataset=dataset,
+        include=include or (),
+        exclude=exclude or (),
+        min_age_minutes=min_age,
+        symlinks=symlinks,
+    )
+    omissions: list[Omission] = []
+    found = scan(src, rules, omitted=omissions.append)
+    tls = ssl.create_default_context(cafile=str(cacert)) if cacert else True
+    client = StageboxClient(server, token, verify_tls=tls)
+    counts: Counter[str] = Counter()
+    out = sys.stdout
+    shown: list[Receipt] = []
+    try:
+        if as_json:
+            out.write('{"files": [')
+        for i, receipt in enumerate(Verifier(client, threads=threads).run(found)):
+            counts[receipt.state] += 1
+            if as_json:
+                out.write(("\n" if i == 0 else ",\n") + json.dumps(receipt.to_json()))
+            elif (show_all or receipt.state != "stored") and len(shown) < SHOWN:
+                shown.append(receipt)
+        found.check_structure()
+    finally:
+        client.close()
+    unreadable = counts["unreadable"] + found.unreadable
+    ok = sum(counts.values()) == counts["stored"] and found.unreadable == 0
+    totals = {"files": sum(counts.values()), **{s: counts[s] for s in STATES}}
+    totals["omitted"] = len(omissions)
+    if as_json:
+        tail = {"omitted": [o.to_json() for o in omissions], "totals": totals, "ok": ok}
+        out.write("\n], " + json.dumps(tail)[1:] + "\n")
+        out.flush()
+    else:
+        _render(shown, omissions, totals, unreadable)
+    raise typer.Exit(0 if ok else 1)
+
+
+def _render(
+    shown: list[Receipt], omissions: list[Omission], totals: dict[str, int], unreadable: int
+) -> None:
+    console = Console()
+    if shown:
+        table = Table("state", "file", "detail")
+        for r in shown:
+            table.add_row(r.state, r.file.display, r.detail or "")
+        console.print(table)
+    for o in omissions[:20]:
+        console.print(f"omitted ({o.reason}): {o.path}" + (f": {o.detail}" if o.detail else ""))
+    if len(omissions) > 20:
+        console.print(f"... and {len(omissions) - 20} more omitted")
+    summary = Table(*totals)
+    summary.add_row(*(str(v) for v in totals.values()))
+    console.print(summary)
+    bad = totals["files"] - totals["stored"]
+    if bad or unreadable:
+        console.print(f"NOT all stored: {bad} file(s) not stored as they are here")
+    else:
+        console.print(f"all {totals['files']} file(s) stored, byte for byte")
