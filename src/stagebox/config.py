@@ -56,6 +56,16 @@ class Settings(BaseSettings):
     ingest_lease: float = Field(
         300.0, gt=0, description="seconds a worker holds a job between checkpoints"
     )
+    audit_enabled: bool = Field(True, description="run fixity audits in the background")
+    audit_interval_days: float = Field(
+        90.0, gt=0, description="days between fixity audits of each stored object"
+    )
+    audit_max_mb_s: float = Field(
+        25.0, ge=0, description="MB/s the background audit may read (0: no limit)"
+    )
+    audit_check_interval: float = Field(
+        3600.0, gt=0, description="seconds between looks for objects due an audit"
+    )
     public_url: str | None = Field(
         None, description="base URL clients reach; from the request if unset"
     )

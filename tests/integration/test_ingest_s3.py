@@ -188,3 +188,35 @@ def leftovers_in(data_dir: Path, url: str) -> tuple[list[str], list[str]]:
     from stagebox.storage.s3 import S3Backend
 
     return leftovers(S3Backend("s3stage", bucket(data_dir, "s3stage"), endpoint_url=url))
+
+
+def test_audit_of_a_permanent_bucket_finds_a_deleted_and_a_rewritten_object(s3, data_dir, tmp_path):
+    # given a bag stored in a permanent bucket
+    payload = {"a.bin": os.urandom(100_000), "b.bin": os.urandom(150_000), "c.txt": b"c\n"}
+    deposit(s3, data_dir, tmp_path, "kept", payload)
+    ingest(data_dir, "--once", "--profile", "none")
+    files = {f["path"]: f for f in show(data_dir, 1)["files"]}
+    keep = bucket(data_dir, "s3keep")
+    audit = ["admin", "--data-dir", str(data_dir), "audit", "--json", "--box", "s3keep"]
+    first = json.loads(cli(data_dir, *audit, "--all").stdout)
+    assert (first["ok"], first["corrupt"], first["missing"]) == (len(files), 0, 0)
+
+    # when one object is deleted and another rewritten with other bytes of the same size
+    s3.delete_object(Bucket=keep, Key=files["data/a.bin"]["stored_key"])
+    s3.put_object(Bucket=keep, Key=files["data/b.bin"]["stored_key"], Body=os.urandom(150_000))
+    done = cli(data_dir, *audit, "--all", check=False)
+
+    # then the audit names them missing and corrupt, exits 1, and records it
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["corrupt"], report["missing"]) == (1, 1), report
+    found = {f["key"]: f["result"] for f in report["findings"]}
+    assert found == {
+        files["data/a.bin"]["stored_key"]: "missing",
+        files["data/b.bin"]["stored_key"]: "corrupt",
+    }
+    with sqlite3.connect(data_dir / "catalog.db") as db:
+        marks = dict(db.execute("SELECT path, fixity FROM ingest_files").fetchall())
+    assert marks["data/a.bin"] == "missing"
+    assert marks["data/b.bin"] == "corrupt"
+    assert marks["data/c.txt"] == "ok"

@@ -258,3 +258,70 @@ def token_add(name: Annotated[str, typer.Argument(help="who holds the token")]) 
     with catalog.session() as session:
         token = uploaders.add_admin_token(session, name)
     typer.echo(token)
+
+
+@app.command("audit")
+def audit_command(
+    box: Annotated[str | None, typer.Option(help="only the objects kept in box NAME")] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="every stored object, however recent")
+    ] = False,
+    older_than: Annotated[
+        float | None,
+        typer.Option(
+            help="objects whose last audit is older than DAYS (default: the server's "
+            "audit_interval_days)",
+            min=0,
+        ),
+    ] = None,
+    limit_mb_s: Annotated[
+        float | None,
+        typer.Option(help="read at most MB/s (default: audit_max_mb_s; 0 = no cap)", min=0),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-read stored objects and compare size and sha256 with the catalog.
+
+    Each check is recorded; a corrupt or missing object is marked so (never
+    repaired). Exit 0 when every object checked is ok, 1 otherwise.
+    """
+    from stagebox.config import load_settings
+    from stagebox.server.runtime import build_context
+    from stagebox.server.services import audit
+
+    if every and older_than is not None:
+        raise typer.BadParameter("give --all or --older-than, not both")
+    settings = load_settings(data_dir=_state["data_dir"])
+    ctx = build_context(settings)
+    days = (
+        None if every else (older_than if older_than is not None else settings.audit_interval_days)
+    )
+    rate = settings.audit_max_mb_s if limit_mb_s is None else limit_mb_s
+    console = Console(stderr=True)
+
+    def progress(due: audit.Due, result: str, detail: str) -> None:
+        if result != "ok" and not as_json:
+            console.print(f"{result}: {due.key} ({detail})")
+
+    try:
+        summary = audit.run_audit(
+            ctx, box=box, older_than_days=days, max_mb_s=rate, progress=progress
+        )
+    finally:
+        ctx.runner.shutdown()
+        ctx.catalog.dispose()
+    if as_json:
+        findings = [
+            {"kind": d.kind, "box_id": d.box_id, "key": d.key, "result": r, "detail": why}
+            for d, r, why in summary.findings
+        ]
+        typer.echo(
+            json.dumps({**summary.counts, "bytes_read": summary.bytes_read, "findings": findings})
+        )
+    else:
+        _show(
+            [{**summary.counts, "bytes_read": summary.bytes_read}],
+            ("ok", "corrupt", "missing", "bytes_read"),
+            False,
+        )
+    raise typer.Exit(0 if summary.counts["corrupt"] == summary.counts["missing"] == 0 else 1)

@@ -7,7 +7,7 @@ from functools import partial
 
 from stagebox.config import Settings
 from stagebox.server.db.session import Catalog
-from stagebox.server.services import verify
+from stagebox.server.services import audit, verify
 from stagebox.server.services.context import ServerContext
 from stagebox.tasks import Sweeper, ThreadTaskRunner
 
@@ -34,14 +34,17 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.ctx = build_context(settings)
         self._sweeper = Sweeper(partial(verify.sweep, self.ctx), settings.sweep_interval)
+        self._auditor = audit.Auditor(self.ctx)
 
     def start(self) -> None:
         counts = verify.sweep(self.ctx)
         if any(counts.values()):
             log.info("start-up sweep resubmitted %s", counts)
         self._sweeper.start()
+        self._auditor.start()
 
     def stop(self) -> None:
         self._sweeper.stop()
+        self._auditor.stop()
         self.ctx.runner.shutdown()
         self.ctx.catalog.dispose()
