@@ -321,7 +321,8 @@ def audit_command(
     else:
         _show(
             [{**summary.counts, "bytes_read": summary.bytes_read}],
-            ("ok", "corrupt", "missing", "bytes_read"),
+            ("ok", "corrupt", "missing", "unchecked", "bytes_read"),
             False,
         )
-    raise typer.Exit(0 if summary.counts["corrupt"] == summary.counts["missing"] == 0 else 1)
+    bad = sum(n for result, n in summary.counts.items() if result != "ok")
+    raise typer.Exit(0 if bad == 0 else 1)

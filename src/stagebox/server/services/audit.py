@@ -38,6 +38,7 @@ from stagebox.server.services.context import ServerContext
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 PAGE = 500
+UNCHECKED = "unchecked"
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,10 @@ class Due:
 
 @dataclass
 class AuditSummary:
-    counts: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in AuditResult})
+    # "unchecked": the box could not be asked (a passing fault): nothing recorded.
+    counts: dict[str, int] = field(
+        default_factory=lambda: {**{r.value: 0 for r in AuditResult}, UNCHECKED: 0}
+    )
     bytes_read: int = 0
     findings: list[tuple[Due, str, str]] = field(default_factory=list)
 
@@ -134,7 +138,7 @@ def check(
     try:
         size = backend.size(due.key)
     except StageboxError as exc:
-        return AuditResult.missing, f"cannot be looked at: {exc}", 0
+        return UNCHECKED, f"cannot be looked at: {exc}", 0
     if size is None:
         return AuditResult.missing, f"no object {due.key} in the box", 0
     h = hashlib.sha256()
@@ -148,7 +152,7 @@ def check(
                 if stop.is_set():
                     raise InterruptedError
     except StageboxError as exc:
-        return AuditResult.missing, f"cannot be read: {exc}", nread
+        return UNCHECKED, f"cannot be read: {exc}", nread
     if nread != due.size:
         return AuditResult.corrupt, f"{nread} bytes, the catalog recorded {due.size}", nread
     digest = h.hexdigest()
@@ -209,7 +213,10 @@ def run_audit(
             result, detail, nread = check(ctx, due, limiter, stop)
         except InterruptedError:
             break
-        record(ctx, due, result, detail)
+        if result == UNCHECKED:
+            log.warning("audit: %s in box %s not checked: %s", due.key, due.box_id, detail)
+        else:
+            record(ctx, due, result, detail)
         summary.add(due, result, detail, nread)
         if progress is not None:
             progress(due, result, detail)
