@@ -11,6 +11,8 @@ first, is left out with a note in the case's ``notes`` saying so.
 from __future__ import annotations
 
 import os
+import shutil
+import statistics
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +22,21 @@ from pathlib import Path
 from shutil import which
 from typing import Any
 
+from benchmarks.fixity import (
+    AUDIT_ENV,
+    atime_reason,
+    audit_store,
+    digests_of,
+    object_set,
+    openssl_dgst,
+    rerun_stage,
+    rsync_filled,
+    rsync_noop,
+    stagebox_rerun,
+    stagebox_upload_audited,
+    stagebox_verify,
+    verify_stage,
+)
 from benchmarks.ingest import (
     SIZES,
     bag_tar,
@@ -60,8 +77,9 @@ from benchmarks.workloads import MiB, big_file, human_size, sha256_of, small_tre
 
 @dataclass(frozen=True)
 class Target:
-    """``value op threshold``; the value is the median of the per-pair ratios, or (with
-    ``side``) the worst counted run's ``field`` divided by ``scale``."""
+    """``value op threshold``; the value is the median of the per-pair ratios (of ``pair``,
+    by default the case's first pair), or (with ``side``) the worst counted run's ``field``
+    divided by ``scale``."""
 
     label: str
     op: str  # ">=" or "<="
@@ -70,6 +88,7 @@ class Target:
     side: str | None = None
     field: str = ""
     scale: float = 1.0
+    pair: tuple[str, str] | None = None  # (ours, peer) of a ratio target; default the first
 
 
 @dataclass
@@ -86,6 +105,8 @@ class CaseResult:
     notes: list[str] = field(default_factory=list)  # e.g. a peer left out, and why
     duration_s: float = 0.0  # the whole case: set-up, workloads, runs, checks
     runs: list[Record] = field(default_factory=list)
+    # (ours, peer) sides whose ratios are reported; empty: the first side against each other
+    pairs: list[tuple[str, str]] = field(default_factory=list)
 
 
 SideRun = Callable[[str], Record]
@@ -542,6 +563,206 @@ def run_s3(b: Bench, result: CaseResult) -> None:
         alternate(b, result, sides, b.profile.warmups, b.profile.runs)
 
 
+# -- rerun: stagebox upload over an unchanged, uploaded tree vs a no-op rsync ------------
+
+
+def plan_rerun(p: Profile) -> CaseResult:
+    return CaseResult(
+        name="rerun",
+        title=(
+            f"rerun: stagebox upload of an unchanged tree it already uploaded ({p.small_files:,}"
+            f" x {human_size(p.small_bytes)} in {p.small_folders} folders; same server and "
+            "journal) vs a no-op rsync -a -e ssh into a destination already holding the tree"
+        ),
+        sides=["stagebox", "rsync"],
+        unit="files/s",
+        ratio_of="wall_s",
+        targets=[
+            Target("rerun: stagebox time <= 2x the time of a no-op rsync", "<=", 2.0),
+            Target(
+                "rerun: files whose data the client read (their atime moved) = 0",
+                "<=",
+                0,
+                "files",
+                side="stagebox",
+                field="files_read",
+            ),
+            Target(
+                "rerun: client read_bytes (/proc/<pid>/io) <= 1 MiB",
+                "<=",
+                1,
+                "MiB",
+                side="stagebox",
+                field="read_bytes",
+                scale=MiB,
+            ),
+        ],
+        params=small_params(p),
+    )
+
+
+def run_rerun(b: Bench, result: CaseResult) -> None:
+    p = b.profile
+    tree = small_tree(b.workloads, p.small_files, p.small_folders, p.small_bytes)
+    n, nbytes = p.small_files, p.small_files * p.small_bytes
+    reason = atime_reason(tree.parent)
+    if reason:
+        raise RunFailed(f"cannot tell which files a side read: {reason}")
+    dest = rsync_filled(b, tree, n, nbytes)
+    with rerun_stage(b, tree, n) as stage:
+        result.params["baseline_rchar"] = stage.baseline_rchar
+        sides = [
+            ("stagebox", lambda label: stagebox_rerun(b, stage, tree, n, nbytes, label)),
+            ("rsync", lambda label: rsync_noop(b, tree, dest, n, nbytes, label)),
+        ]
+        alternate(b, result, sides, p.warmups, p.runs)
+
+
+# -- verify: stagebox verify vs openssl dgst -sha256 over the same files -----------------
+
+VERIFY_SIDES = ["stagebox small", "openssl small", "stagebox big", "openssl big"]
+VERIFY_PAIRS = [("stagebox small", "openssl small"), ("stagebox big", "openssl big")]
+
+
+def plan_verify(p: Profile) -> CaseResult:
+    small = f"{p.small_files:,} x {human_size(p.small_bytes)}"
+    return CaseResult(
+        name="verify",
+        title=(
+            f"verify: stagebox verify of files it stored, (small) {small} in "
+            f"{p.small_folders} folders and (big) one {human_size(p.big_bytes)} file, vs "
+            "openssl dgst -sha256 over the same files (one process), page cache warm"
+        ),
+        sides=list(VERIFY_SIDES),
+        pairs=list(VERIFY_PAIRS),
+        ratio_of="wall_s",
+        targets=[
+            Target(
+                f"verify: stagebox time <= 1.5x openssl dgst time, {small}",
+                "<=",
+                1.5,
+                pair=VERIFY_PAIRS[0],
+            ),
+            Target(
+                f"verify: stagebox time <= 1.5x openssl dgst time, {human_size(p.big_bytes)}",
+                "<=",
+                1.5,
+                pair=VERIFY_PAIRS[1],
+            ),
+        ],
+        params={**small_params(p), "big_file_bytes": p.big_bytes},
+    )
+
+
+def run_verify(b: Bench, result: CaseResult) -> None:
+    p = b.profile
+    tree = small_tree(b.workloads, p.small_files, p.small_folders, p.small_bytes)
+    folder = big_file(b.workloads, p.big_bytes, repeat_block=False)
+    # the harness's own digests: what both sides must find; reading them warms the cache
+    small, big = digests_of(tree), digests_of(folder)
+    n, nbytes = p.small_files, p.small_files * p.small_bytes
+    uploads = {"bench-verify-small": (tree, n), "bench-verify-big": (folder, 1)}
+    with verify_stage(b, uploads) as stage:
+        sides = [
+            (
+                "stagebox small",
+                lambda label: stagebox_verify(
+                    b, stage, tree, "bench-verify-small", small, nbytes, label
+                ),
+            ),
+            ("openssl small", lambda label: openssl_dgst(b, tree, small, nbytes, label)),
+            (
+                "stagebox big",
+                lambda label: stagebox_verify(
+                    b, stage, folder, "bench-verify-big", big, p.big_bytes, label
+                ),
+            ),
+            ("openssl big", lambda label: openssl_dgst(b, folder, big, p.big_bytes, label)),
+        ]
+        alternate(b, result, sides, p.warmups, p.runs)
+
+
+# -- audit: an upload's throughput with the background audit reading, and without -------
+
+AUDIT_SETTLE_S = 2.0  # after the server is up, before the clock starts (both sides)
+AUDIT_RATE = 25e6  # the default STAGEBOX_AUDIT_MAX_MB_S, in bytes/s
+
+
+def plan_audit(p: Profile) -> CaseResult:
+    store = p.audit_objects * p.audit_object_bytes
+    return CaseResult(
+        name="audit",
+        title=(
+            f"audit: stagebox upload of {human_size(p.big_bytes)} (http) to a server whose "
+            f"store holds {p.audit_objects} due objects of {human_size(p.audit_object_bytes)} "
+            f"({human_size(store)}), background audit at its default rate vs audit off"
+        ),
+        sides=["audit on", "audit off"],
+        ratio_of="throughput",
+        targets=[
+            Target("audit: upload throughput with the audit on >= 0.90x with it off", ">=", 0.9)
+        ],
+        params={
+            "file_bytes": p.big_bytes,
+            "store_objects": p.audit_objects,
+            "store_object_bytes": p.audit_object_bytes,
+            "server_env": {**AUDIT_ENV, "STAGEBOX_AUDIT_ENABLED": "true | false"},
+            "settle_s": AUDIT_SETTLE_S,
+            "warmups": p.warmups,
+            "runs": p.runs,
+        },
+    )
+
+
+def run_audit(b: Bench, result: CaseResult) -> None:
+    p = b.profile
+    size = b.profile.big_bytes
+    folder = big_file(b.workloads, size, repeat_block=False)
+    objects = object_set(b.workloads, p.audit_objects, p.audit_object_bytes)
+    store = audit_store(b, objects, p.audit_objects, p.audit_objects * p.audit_object_bytes)
+    try:
+        sides = [
+            (
+                side,
+                lambda label, on=on: stagebox_upload_audited(
+                    b, store, folder, size, label, on, AUDIT_SETTLE_S
+                ),
+            )
+            for side, on in (("audit on", True), ("audit off", False))
+        ]
+        alternate(b, result, sides, p.warmups, p.runs)
+    finally:
+        shutil.rmtree(store.data.parent, ignore_errors=True)
+    check_audit_read(result)
+
+
+def check_audit_read(result: CaseResult) -> None:
+    """The audit really read during every timed upload with it on, and never with it off.
+
+    What the audit read is the server's rchar (bytes its read calls returned, page cache
+    or not) beyond the median of the audit-off runs, whose rchar is the upload's own (the
+    request bodies it took off the sockets): it must be at least half of what the audit's
+    rate allows over the upload. ``server_read_bytes`` (from the disk) is recorded beside.
+    """
+    off = [r["server_rchar"] for r in result.runs if not r["audit_enabled"]]
+    if not off:
+        return
+    upload_rchar = statistics.median(off)
+    for rec in result.runs:
+        rec["audit_read_bytes"] = rec["server_rchar"] - upload_rchar
+        rec["audit_read_mb_s"] = rec["audit_read_bytes"] / 1e6 / rec["wall_s"]
+    for rec in result.runs:
+        wanted = 0.5 * AUDIT_RATE * rec["wall_s"]
+        if rec["audit_enabled"] and rec["audit_read_bytes"] < wanted:
+            raise RunFailed(
+                f"{rec['side']} run {rec['index']}: the server read {rec['audit_read_bytes']:,.0f}"
+                f" bytes beyond the upload's own, under half of what the audit's rate allows "
+                f"over the upload ({wanted:,.0f}): the audit was not reading"
+            )
+        if not rec["audit_enabled"] and rec["audits_recorded"]:
+            raise RunFailed(f"{rec['side']} run {rec['index']}: audits recorded with it off")
+
+
 # -- probes ------------------------------------------------------------------------------
 
 
@@ -556,6 +777,12 @@ def needs_feature(word: str) -> Callable[[Bench], str | None]:
 
 def needs_sshd(b: Bench) -> str | None:
     return None if b.sshd is not None else f"no sshd: {b.sshd_error}"
+
+
+def needs_verify(b: Bench) -> str | None:
+    if which("openssl") is None:
+        return "openssl not found (Debian package openssl)"
+    return needs_feature("verify")(b)
 
 
 def needs_staging_host(b: Bench) -> str | None:
@@ -577,6 +804,9 @@ CASES: list[Case] = [
     Case("sftp-memory", plan_sftp_memory, run_sftp_memory, probe=needs_staging_host),
     Case("s3", plan_s3, run_s3, probe=needs_s3),
     Case("ingest", plan_ingest, run_ingest, probe=needs_ingest),
+    Case("rerun", plan_rerun, run_rerun, probe=needs_sshd),
+    Case("verify", plan_verify, run_verify, probe=needs_verify),
+    Case("audit", plan_audit, run_audit, probe=needs_feature("audit")),
 ]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cases import CaseResult
-from benchmarks.report import pair_ratios, stats, verdict
+from benchmarks.report import pair_ratios, ratio_pairs, stats, verdict
 
 COLOURS = {"PASS": "#2e7d32", "FALLS SHORT": "#c62828", None: "#5c6bc0"}
 LEGEND = {"PASS": "meets its target", "FALLS SHORT": "falls short of its target", None: "no target"}
@@ -38,25 +38,28 @@ class Bar:
 
 
 def bars(results: list[CaseResult]) -> list[Bar]:
-    """A bar for each peer of each case that has pair ratios; a case's ratio targets are
-    on its second side (see report.pair_ratios)."""
+    """A bar for each (ours, peer) pair of each case that has pair ratios (see
+    report.ratio_pairs); a ratio target is on its ``pair``, by default the first."""
     found = []
     for result in results:
-        if result.ratio_of is None:
+        if result.ratio_of is None or len(result.sides) < 2:
             continue
-        for k, peer in enumerate(result.sides[1:]):
-            st = stats(ratios := pair_ratios(result, peer))
+        pairs = ratio_pairs(result)
+        for ours, peer in pairs:
+            st = stats(ratios := pair_ratios(result, peer, ours))
             if st is None:
                 continue
             bar = Bar(
-                f"{result.name}: {result.sides[0]} / {peer}",
+                f"{result.name}: {ours} / {peer}",
                 result.ratio_of,
                 st["median"],
                 st["min"],
                 st["max"],
                 len(ratios),
             )
-            targets = [t for t in result.targets if t.side is None] if k == 0 else []
+            targets = [
+                t for t in result.targets if t.side is None and (t.pair or pairs[0]) == (ours, peer)
+            ]
             if targets:
                 t = targets[0]
                 _, outcome = verdict(result, t)

@@ -17,6 +17,9 @@
   a single-process client or server (stagebox) the second is exact up to the last 50 ms.
   (``wait4``'s ``ru_maxrss`` is not used: Linux carries the parent's high-water mark across
   vfork+exec, so it would report the harness's own size.)
+- client I/O: the client's ``/proc/<pid>/io`` (rchar, read_bytes, syscr, ...), read once it
+  has exited but before it is reaped (``waitid`` with ``WNOWAIT``), so it holds the whole
+  run's totals (of the client process and its threads, not of its children).
 """
 
 from __future__ import annotations
@@ -109,6 +112,16 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(t.user + t.system + t.children_user + t.children_system)
 
 
+def proc_io(pid: int) -> dict[str, int]:
+    """``/proc/<pid>/io`` as numbers (empty when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            pairs = (line.split(":", 1) for line in f if ":" in line)
+            return {k.strip(): int(v) for k, v in pairs}
+    except (OSError, ValueError):
+        return {}
+
+
 def vm_hwm(pid: int) -> int:
     """The kernel's peak resident set size of one process, in bytes (0 when unknown)."""
     try:
@@ -158,6 +171,7 @@ class Measurement:
     samples: int
     also_cpu_s: dict[str, float] = field(default_factory=dict)
     also_peak_rss: dict[str, int] = field(default_factory=dict)
+    client_io: dict[str, int] = field(default_factory=dict)  # /proc/<pid>/io at exit
 
     @property
     def cpu_s(self) -> float:
@@ -231,6 +245,10 @@ def run_measured(
         watchdog = threading.Timer(timeout, on_timeout)
         watchdog.start()
         try:
+            # Exited, not yet reaped: its /proc entry still holds the run's I/O totals.
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            ended = time.perf_counter()
+            client_io = proc_io(proc.pid)
             _, status, usage = os.wait4(proc.pid, 0)
         except BaseException:  # interrupted: the client must not outlive the harness
             on_timeout()
@@ -240,7 +258,7 @@ def run_measured(
             raise
         finally:
             watchdog.cancel()
-        wall = time.perf_counter() - started
+        wall = ended - started
         proc.returncode = os.waitstatus_to_exitcode(status)
     if drain_server_children:
         for name, p in procs.items():
@@ -263,4 +281,5 @@ def run_measured(
         samples=poller.samples,
         also_cpu_s={name: cpu(name) - also_cpu0[name] for name in also},
         also_peak_rss={name: poller.peaks[name] for name in also},
+        client_io=client_io,
     )

@@ -27,6 +27,16 @@ METRICS: list[tuple[str, str, float]] = [  # record field, label, divisor
     ("serve_peak_rss", "peak RSS MiB, stagebox serve", MiB),
     ("sshd_peak_rss", "peak RSS MiB, sshd", MiB),
     ("moto_peak_rss", "peak RSS MiB, moto", MiB),
+    # rerun: what the client read (see benchmarks.fixity)
+    ("files_read", "files whose data the client read (atime moved)", 1.0),
+    ("read_bytes", "client read_bytes KiB (/proc/<pid>/io)", 1024),
+    ("rchar", "client rchar MiB", MiB),
+    ("rchar_beyond_baseline", "client rchar KiB beyond a one-file rerun's", 1024),
+    ("journal_bytes", "client journal KiB", 1024),
+    # audit: what the server's audit read during the timed upload
+    ("audit_read_mb_s", "audit read MB/s (server rchar beyond the upload's)", 1.0),
+    ("server_read_bytes", "server read_bytes MiB (from the disk)", MiB),
+    ("audits_recorded", "audits recorded during the upload", 1.0),
 ]
 
 
@@ -40,23 +50,37 @@ def counted(result: CaseResult, side: str) -> list[Record]:
     return [r for r in result.runs if r["side"] == side and not r["warmup"]]
 
 
-def pair_ratios(result: CaseResult, peer: str | None = None) -> list[float]:
-    """stagebox/peer of ``ratio_of`` for each counted round that has both sides; the peer
-    is the second side unless named (targets always use the second side)."""
+def ratio_pairs(result: CaseResult) -> list[tuple[str, str]]:
+    """(ours, peer) of every ratio the case reports: its ``pairs``, or else its first side
+    against each other side; the first is the one targets use unless they name another."""
+    if result.pairs:
+        return list(result.pairs)
+    return [(result.sides[0], peer) for peer in result.sides[1:]]
+
+
+def pair_ratios(
+    result: CaseResult, peer: str | None = None, ours: str | None = None
+) -> list[float]:
+    """ours/peer of ``ratio_of`` for each counted round that has both sides; by default
+    the case's first pair (the first side and the second, unless ``pairs`` says)."""
     if result.ratio_of is None or len(result.sides) < 2:
         return []
-    ours = {r["index"]: r for r in counted(result, result.sides[0])}
-    theirs = {r["index"]: r for r in counted(result, peer or result.sides[1])}
+    first = ratio_pairs(result)[0]
+    mine = {r["index"]: r for r in counted(result, ours or first[0])}
+    theirs = {r["index"]: r for r in counted(result, peer or first[1])}
     f = result.ratio_of
-    return [ours[i][f] / theirs[i][f] for i in sorted(ours.keys() & theirs.keys())]
+    return [mine[i][f] / theirs[i][f] for i in sorted(mine.keys() & theirs.keys())]
 
 
 def target_value(result: CaseResult, target: Target) -> float | None:
     """The median of the pair ratios, or the worst counted run of one side."""
     if target.side is None:
-        s = stats(pair_ratios(result))
+        ours, peer = target.pair or (None, None)
+        s = stats(pair_ratios(result, peer, ours))
         return s["median"] if s else None
-    values = [r[target.field] for r in counted(result, target.side) if r.get(target.field)]
+    values = [
+        r[target.field] for r in counted(result, target.side) if r.get(target.field) is not None
+    ]
     if not values:
         return None
     worst = max(values) if target.op == "<=" else min(values)
@@ -85,9 +109,9 @@ def summary(result: CaseResult) -> dict[str, Any]:
         value, outcome = verdict(result, t)
         targets.append({**asdict(t), "value": value, "result": outcome})
     others = {
-        peer: {"pair_ratios": r, "ratio": stats(r)}
-        for peer in result.sides[2:]
-        if (r := pair_ratios(result, peer))
+        peer: {"ours": ours, "pair_ratios": r, "ratio": stats(r)}
+        for ours, peer in ratio_pairs(result)[1:]
+        if (r := pair_ratios(result, peer, ours))
     }
     return {
         "sides": sides,
@@ -131,22 +155,28 @@ def case_markdown(result: CaseResult) -> list[str]:
                 f"{_fmt(st['max'])} | {n} |"
             )
     what = "throughput" if result.ratio_of == "throughput" else "time"
-    if s["ratio"]:
+    first = ratio_pairs(result)[0] if len(result.sides) > 1 else None
+    if s["ratio"] and first:
         r = s["ratio"]
         out.append(
-            f"| **{result.sides[0]}/{result.sides[1]} {what}, per pair** | pairs | "
+            f"| **{first[0]}/{first[1]} {what}, per pair** | pairs | "
             f"**{r['median']:.2f}** | {r['min']:.2f} | {r['max']:.2f} | {len(s['pair_ratios'])} |"
         )
     for peer, other in s["other_ratios"].items():
         r = other["ratio"]
         out.append(
-            f"| {result.sides[0]}/{peer} {what}, per pair | pairs | {r['median']:.2f} | "
+            f"| {other['ours']}/{peer} {what}, per pair | pairs | {r['median']:.2f} | "
             f"{r['min']:.2f} | {r['max']:.2f} | {len(other['pair_ratios'])} |"
         )
     out.append("")
-    if s["pair_ratios"]:
+    if s["pair_ratios"] and first:
         pairs = ", ".join(f"{x:.2f}" for x in s["pair_ratios"])
-        out += [f"Per-pair {result.ratio_of} ratios (stagebox/peer, in run order): {pairs}.", ""]
+        who = "stagebox/peer" if not result.pairs else f"{first[0]}/{first[1]}"
+        out += [f"Per-pair {result.ratio_of} ratios ({who}, in run order): {pairs}.", ""]
+    if result.pairs:
+        for peer, other in s["other_ratios"].items():
+            pairs = ", ".join(f"{x:.2f}" for x in other["pair_ratios"])
+            out += [f"Per-pair {result.ratio_of} ratios ({other['ours']}/{peer}): {pairs}.", ""]
     warm = [r for r in result.runs if r["warmup"]]
     if warm:
         text = ", ".join(f"{r['side']} {r['wall_s']:.2f} s" for r in warm)

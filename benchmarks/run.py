@@ -14,6 +14,7 @@ import platform
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -40,7 +41,19 @@ QUICK = WORK / "quick"  # a smoke test never replaces the committed full results
 PROFILES = {
     # quick: under 3 minutes for every case on 2 shared cores, workloads generated included
     "quick": Profile(
-        "quick", 64 * MiB, 500, 20, 4096, 256 * MiB, 1, 3, 0, 1, sftp_mem_runs=1, all_peers=False
+        "quick",
+        64 * MiB,
+        500,
+        20,
+        4096,
+        256 * MiB,
+        1,
+        3,
+        0,
+        1,
+        sftp_mem_runs=1,
+        all_peers=False,
+        audit_objects=4,
     ),
     "full": Profile("full", 1 * GiB, 10_000, 20, 4096, 4 * GiB, 1, 3, 0, 2, sftp_mem_runs=3),
 }
@@ -114,6 +127,36 @@ METHOD = [
     "serve's (the peers have no server); moto's are reported for every side (moto rows): "
     "its CPU says how much S3 work each side caused, its RSS grows from run to run as it "
     "keeps freed memory and says nothing of the client.",
+    "rerun: one stagebox server and one client journal for the case; the tree is uploaded "
+    "once (untimed), then every stagebox run is a rerun of that same command (--json: every "
+    "file skipped, 0 verified, 0 bytes sent, exit 0). The peer: rsync -a -i -e ssh into a "
+    "destination on the harness's sshd that one untimed rsync filled (its itemized list must "
+    "be empty). What the client read of the files: before each run the harness sets every "
+    "file's atime 10 s below its mtime (the mtime kept), and counts after it the files whose "
+    "atime moved: on this relatime filesystem any read of a file's data (read or mmap, disk "
+    "or page cache) moves it; stat and open do not. read_bytes (/proc/<pid>/io, read once "
+    "the client has exited, before it is reaped) counts only reads that reached the disk, "
+    "near 0 whenever the tree is cached, so it is recorded but proves little; rchar (bytes "
+    "its read calls returned) is set against a baseline: the same command over a one-file "
+    "tree already stored (Python start-up, imports, whoami).",
+    "verify: one stagebox server holding both workloads (uploaded once, untimed); the harness "
+    "hashes every file first (its digests are what both sides must report; this also leaves "
+    "the files in the page cache). Peer: cd SRC; find . -type f -print0 | xargs -0 -s 1048576 "
+    "openssl dgst -sha256, one openssl process over every file (a one-line sh wrapper per "
+    "xargs batch says how many; there must be 1). Both use OpenSSL's sha256 (Python's hashlib "
+    "links the same libcrypto), with SHA extensions when the CPU has them (see Machine). "
+    "stagebox verify runs with its defaults (2 hashing threads, mmap from 4 MiB) and "
+    "--json; its exit must be 0 and every file stored with the harness's digest.",
+    "audit: the store is a data dir holding many stored objects, uploaded once (untimed). "
+    "Each run gets a fresh server on a copy of it (the catalog copied, the stored objects "
+    "hard-linked: they are only read, and evicted from the page cache with "
+    "POSIX_FADV_DONTNEED, best effort, so the audit reads them from the disk), with "
+    "STAGEBOX_AUDIT_INTERVAL_DAYS=1e-9 (every object due again as soon as checked), "
+    "STAGEBOX_AUDIT_CHECK_INTERVAL=1, STAGEBOX_AUDIT_MAX_MB_S unset (25 MB/s) and "
+    "STAGEBOX_AUDIT_ENABLED true or false; the clock starts 2 s after the server is up, on "
+    "both sides. What the audit read during the timed upload: the server's rchar beyond "
+    "the median audit-off run's (the upload's own socket reads); each audit-on run must show "
+    "at least half of 25 MB/s over its wall time, else the case fails.",
 ]
 
 
@@ -143,8 +186,11 @@ def machine_facts() -> dict[str, str]:
         default=None,
     )
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    with open("/proc/cpuinfo") as f:
+        sha_ni = any(line.startswith("flags") and " sha_ni" in line for line in f)
     return {
         "CPU": model,
+        "CPU SHA extensions": "yes (sha_ni in /proc/cpuinfo)" if sha_ni else "no sha_ni flag",
         "cores": f"{os.cpu_count()} logical, {psutil.cpu_count(logical=False)} physical",
         "RAM": f"{psutil.virtual_memory().total / GiB:.1f} GiB",
         "kernel": platform.release(),
@@ -161,6 +207,8 @@ def versions(sshd: Sshd | None) -> dict[str, str]:
         "OpenSSH": _first_line(["ssh", "-V"], stderr=True),
         "rsync": _first_line(["rsync", "--version"]),
         "curl": _first_line(["curl", "--version"]),
+        "openssl": _first_line(["openssl", "version"]),
+        "python hashlib's OpenSSL": ssl.OPENSSL_VERSION,
         "rclone": _first_line(["rclone", "version"]),
         "aws CLI": _first_line([AWS, "--version"]) if AWS else "not found",
         "moto": version("moto"),

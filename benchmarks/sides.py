@@ -37,7 +37,7 @@ import psutil
 
 from benchmarks.measure import Measurement, run_measured
 from benchmarks.servers import SftpStage, Sshd, StageboxServer
-from benchmarks.workloads import count_files
+from benchmarks.workloads import MiB, count_files
 from stagebox.server.process import stagebox_cmd
 
 Record = dict[str, Any]
@@ -61,6 +61,8 @@ class Profile:
     mem_runs: int
     sftp_mem_runs: int
     all_peers: bool = True  # False: a case runs only the peer its target names
+    audit_objects: int = 64  # the audit case's store: this many stored objects ...
+    audit_object_bytes: int = 64 * MiB  # ... of this size each
 
 
 @dataclass(frozen=True)
