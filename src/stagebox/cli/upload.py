@@ -25,10 +25,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from stagebox.cli import options as opt
 from stagebox.client.api import StageboxClient
 from stagebox.client.journal import Journal
 from stagebox.client.progress import ProgressEvent
-from stagebox.client.scan import REASONS, STRUCTURES, SYMLINKS, Omission, ScanRules, scan
+from stagebox.client.scan import REASONS, Omission, scan
 from stagebox.client.sftp_plan import plan
 from stagebox.client.uploader import Uploader, UploadOptions, UploadReport
 from stagebox.errors import ConfigError, InvalidInput, StageboxError
@@ -192,31 +193,20 @@ def render(report: UploadReport, omissions: OmissionLog, console: Console) -> No
 
 def upload(
     src: Annotated[Path, typer.Argument(help="folder to upload")],
-    server: Annotated[str, typer.Option(help="server URL, e.g. https://stagebox.example.org")],
-    token: Annotated[
-        str | None, typer.Option(envvar="STAGEBOX_TOKEN", help="API token (or STAGEBOX_TOKEN)")
-    ] = None,
-    structure: Annotated[
-        str, typer.Option(help=f"folder structure: {' | '.join(STRUCTURES)}")
-    ] = "dataset",
-    dataset: Annotated[str | None, typer.Option(help="SRC itself is this dataset")] = None,
-    include: Annotated[list[str] | None, typer.Option(help="only files matching GLOB")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="skip files matching GLOB")] = None,
-    min_age: Annotated[
-        float, typer.Option(help="ignore files modified in the last MINUTES", min=0)
-    ] = 0.0,
-    symlinks: Annotated[
-        str,
-        typer.Option(
-            help=f"{' | '.join(SYMLINKS)}: skip links (reported) or follow those inside SRC"
-        ),
-    ] = "skip",
+    server: opt.Server,
+    token: opt.Token = None,
+    structure: opt.Structure = "dataset",
+    dataset: opt.Dataset = None,
+    include: opt.Include = None,
+    exclude: opt.Exclude = None,
+    min_age: opt.MinAge = 0.0,
+    symlinks: opt.Symlinks = "skip",
     threads: Annotated[int, typer.Option(help="files in flight", min=1, max=64)] = 5,
     bwlimit: Annotated[
         float, typer.Option(help="cap the send rate at MB/s (all threads); 0 = no cap", min=0)
     ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON report")] = False,
-    cacert: Annotated[Path | None, typer.Option(help="CA bundle to trust for TLS")] = None,
+    cacert: opt.CaCert = None,
     method: Annotated[
         str, typer.Option(help="auto (sftp when approved, else http) | sftp | http")
     ] = "auto",
@@ -234,14 +224,7 @@ def upload(
     """
     if not token:
         raise ConfigError("no token: pass --token or set STAGEBOX_TOKEN")
-    rules = ScanRules(
-        structure=structure,
-        dataset=dataset,
-        include=include or (),
-        exclude=exclude or (),
-        min_age_minutes=min_age,
-        symlinks=symlinks,
-    )
+    rules = opt.scan_rules(structure, dataset, include, exclude, min_age, symlinks)
     if method not in ("auto", "sftp", "http"):
         raise InvalidInput("--method", "must be auto, sftp or http", method)
     # SRC is checked before any server is asked anything.

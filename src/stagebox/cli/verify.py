@@ -13,9 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stagebox.cli import options as opt
 from stagebox.client.api import StageboxClient
 from stagebox.client.receipt import STATES, Receipt, Verifier
-from stagebox.client.scan import STRUCTURES, SYMLINKS, Omission, ScanRules, scan
+from stagebox.client.scan import Omission, scan
 from stagebox.errors import ConfigError
 
 SHOWN = 200
@@ -23,39 +24,24 @@ SHOWN = 200
 
 def verify(
     src: Annotated[Path, typer.Argument(help="folder to check")],
-    server: Annotated[str, typer.Option(help="server URL, e.g. https://stagebox.example.org")],
-    token: Annotated[
-        str | None, typer.Option(envvar="STAGEBOX_TOKEN", help="API token (or STAGEBOX_TOKEN)")
-    ] = None,
-    structure: Annotated[
-        str, typer.Option(help=f"folder structure: {' | '.join(STRUCTURES)}")
-    ] = "dataset",
-    dataset: Annotated[str | None, typer.Option(help="SRC itself is this dataset")] = None,
-    include: Annotated[list[str] | None, typer.Option(help="only files matching GLOB")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="skip files matching GLOB")] = None,
-    min_age: Annotated[
-        float, typer.Option(help="ignore files modified in the last MINUTES", min=0)
-    ] = 0.0,
-    symlinks: Annotated[
-        str, typer.Option(help=f"symbolic links: {' | '.join(SYMLINKS)} (follow stays in SRC)")
-    ] = "skip",
+    server: opt.Server,
+    token: opt.Token = None,
+    structure: opt.Structure = "dataset",
+    dataset: opt.Dataset = None,
+    include: opt.Include = None,
+    exclude: opt.Exclude = None,
+    min_age: opt.MinAge = 0.0,
+    symlinks: opt.Symlinks = "skip",
     threads: Annotated[int, typer.Option(help="files hashed at once", min=1, max=64)] = 2,
     show_all: Annotated[bool, typer.Option("--all", help="list stored files too")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON report")] = False,
-    cacert: Annotated[Path | None, typer.Option(help="CA bundle to trust for TLS")] = None,
+    cacert: opt.CaCert = None,
 ) -> None:
     """Hash every selected file and ask the server whether its newest stored version
     is these bytes. Uploads nothing. Exit 0 only when every file is stored and identical."""
     if not token:
         raise ConfigError("no token: pass --token or set STAGEBOX_TOKEN")
-    rules = ScanRules(
-        structure=structure,
-        dataset=dataset,
-        include=include or (),
-        exclude=exclude or (),
-        min_age_minutes=min_age,
-        symlinks=symlinks,
-    )
+    rules = opt.scan_rules(structure, dataset, include, exclude, min_age, symlinks)
     omissions: list[Omission] = []
     found = scan(src, rules, omitted=omissions.append)
     tls = ssl.create_default_context(cafile=str(cacert)) if cacert else True

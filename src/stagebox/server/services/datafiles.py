@@ -164,18 +164,19 @@ def _dataset(session: Session, uploader: Uploader, identity: Identity) -> Datase
     return dataset
 
 
-def versions_of(
+def history_of(
     session: Session, dataset_id: int, pairs: set[tuple[str, str]]
-) -> dict[tuple[str, str], Datafile]:
-    """The latest version of each (directory, filename) of ``pairs`` in one dataset.
+) -> dict[tuple[str, str], list[Datafile]]:
+    """Every version, oldest first, of each (directory, filename) of ``pairs`` in one
+    dataset, with their replicas.
 
     One query per dataset instead of one per file: per-file overhead is what
     kills trees of small files. Exact pairs, so folders that reuse file names
     do not pull in every earlier folder's rows.
     """
-    latest: dict[tuple[str, str], Datafile] = {}
+    history: dict[tuple[str, str], list[Datafile]] = {}
     if not pairs:
-        return latest
+        return history
     rows = session.scalars(
         select(Datafile)
         .options(joinedload(Datafile.replicas))
@@ -186,8 +187,15 @@ def versions_of(
         .order_by(Datafile.version)
     ).unique()
     for df in rows:
-        latest[(df.directory, df.filename)] = df
-    return latest
+        history.setdefault((df.directory, df.filename), []).append(df)
+    return history
+
+
+def versions_of(
+    session: Session, dataset_id: int, pairs: set[tuple[str, str]]
+) -> dict[tuple[str, str], Datafile]:
+    """The latest version of each (directory, filename) of ``pairs`` in one dataset."""
+    return {path: found[-1] for path, found in history_of(session, dataset_id, pairs).items()}
 
 
 Decision = Literal["skip", "hash", "new", "resume"]
@@ -721,18 +729,8 @@ def check_batch(session: Session, uploader: Uploader, items: list[CheckItem]) ->
     """
     cleaned: list[tuple[Identity, str, str, CheckItem]] = []
     for i, item in enumerate(items):
-        probe = clean_item(
-            DatafileRegister(
-                dataset=item.dataset,
-                experiment=item.experiment,
-                owner=item.owner,
-                directory=item.directory,
-                filename=item.filename,
-                size=item.size,
-                sha256=item.sha256,
-            ),
-            i,
-        )
+        # The same names and digest rules as a registration's.
+        probe = clean_item(DatafileRegister.model_validate(item.model_dump()), i)
         cleaned.append((Identity.of(probe), probe.directory, probe.filename, item))
     datasets: dict[Identity, Dataset | None] = {}
     for identity, *_ in cleaned:
@@ -743,17 +741,8 @@ def check_batch(session: Session, uploader: Uploader, items: list[CheckItem]) ->
         if dataset is None:
             continue
         pairs = {(d, f) for ident, d, f, _ in cleaned if ident == identity}
-        rows = session.scalars(
-            select(Datafile)
-            .options(joinedload(Datafile.replicas))
-            .where(
-                Datafile.dataset_id == dataset.id,
-                tuple_(Datafile.directory, Datafile.filename).in_(pairs),
-            )
-            .order_by(Datafile.version)
-        ).unique()
-        for df in rows:
-            history.setdefault((dataset.id, df.directory, df.filename), []).append(df)
+        for (directory, filename), found in history_of(session, dataset.id, pairs).items():
+            history[(dataset.id, directory, filename)] = found
     answers = []
     for identity, directory, filename, item in cleaned:
         dataset = datasets[identity]
