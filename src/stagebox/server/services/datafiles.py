@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Select, Table, func, insert, select, tuple_
+from sqlalchemy import Select, Table, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, joinedload
 
@@ -202,7 +202,63 @@ Decision = Literal["skip", "hash", "new", "resume"]
 LOST = ("corrupt", "missing")
 
 
-def decide(latest: Datafile | None, item: DatafileRegister, *, can_hash: bool = True) -> Decision:
+@dataclass(frozen=True)
+class Latest:
+    """What a registration needs to know of the newest version of a path."""
+
+    id: int
+    version: int
+    size: int
+    mtime: float | None
+    sha256: str | None
+    state: str  # of its newest replica
+    fixity: str | None
+
+    @classmethod
+    def of(cls, df: Datafile) -> Latest:
+        replica = df.replicas[-1]
+        return cls(df.id, df.version, df.size, df.mtime, df.sha256, replica.state, replica.fixity)
+
+
+def latest_of(
+    session: Session, dataset_id: int, pairs: set[tuple[str, str]]
+) -> dict[tuple[str, str], Latest]:
+    """:class:`Latest` of each (directory, filename) of ``pairs`` that has a version.
+
+    Plain rows, not ORM objects: a rerun over an unchanged tree registers every
+    file, and building 1,000 datafiles with their replicas would cost more than
+    the rest of the batch.
+    """
+    found: dict[tuple[str, str], Latest] = {}
+    if not pairs:
+        return found
+    rows = session.execute(
+        select(
+            Datafile.directory,
+            Datafile.filename,
+            Datafile.id,
+            Datafile.version,
+            Datafile.size,
+            Datafile.mtime,
+            Datafile.sha256,
+            Replica.state,
+            Replica.fixity,
+        )
+        .join(Replica, Replica.datafile_id == Datafile.id)
+        .where(
+            Datafile.dataset_id == dataset_id,
+            tuple_(Datafile.directory, Datafile.filename).in_(pairs),
+        )
+        .order_by(Datafile.version, Replica.id)
+    )
+    for r in rows:  # the newest version's newest replica wins
+        found[(r.directory, r.filename)] = Latest(
+            r.id, r.version, r.size, r.mtime, r.sha256, r.state, r.fixity
+        )
+    return found
+
+
+def decide(latest: Latest | None, item: DatafileRegister, *, can_hash: bool = True) -> Decision:
     """What a registration of ``item`` does, given the latest version of its path.
 
     Against a version whose digests are recorded (verified or stored): the same
@@ -215,10 +271,9 @@ def decide(latest: Datafile | None, item: DatafileRegister, *, can_hash: bool = 
     """
     if latest is None:
         return "new"
-    replica = latest.replicas[-1]
-    if replica.state not in (S.verified, S.stored):
+    if latest.state not in (S.verified, S.stored):
         return "resume"
-    if replica.fixity in LOST or latest.size != item.size:
+    if latest.fixity in LOST or latest.size != item.size:
         return "new"
     if item.size == 0:
         return "skip"
@@ -331,7 +386,7 @@ def register_one(
         latest = versions_of(session, dataset.id, {(item.directory, item.filename)}).get(
             (item.directory, item.filename)
         )
-    decision = decide(latest, item, can_hash=can_hash)
+    decision = decide(Latest.of(latest) if latest else None, item, can_hash=can_hash)
     if decision == "new":
         version = latest.version + 1 if latest is not None else 1
         datafile = _new_version(ctx, session, uploader, dataset, version, item, target)
@@ -429,17 +484,19 @@ def register_batch(
         identity = Identity.of(item)
         if identity not in datasets:
             datasets[identity] = _dataset(session, uploader, identity)
-    latest: dict[tuple[int, str, str], Datafile] = {}
+    latest: dict[tuple[int, str, str], Latest] = {}
     for identity, dataset in datasets.items():
         pairs = {(i.directory, i.filename) for i in cleaned if Identity.of(i) == identity}
-        for (directory, filename), df in versions_of(session, dataset.id, pairs).items():
-            latest[(dataset.id, directory, filename)] = df
+        for (directory, filename), row in latest_of(session, dataset.id, pairs).items():
+            latest[(dataset.id, directory, filename)] = row
 
-    # New versions are inserted together, two statements for the whole batch;
-    # unfinished ones go one by one, since each may need its staged bytes reset.
+    # Skips are answered from plain rows (a rerun is mostly skips); new versions
+    # are inserted together, two statements for the whole batch; unfinished ones
+    # go one by one, since each may need its staged bytes reset.
     answers: list[RegisterAnswer | None] = []
     fresh: dict[tuple[int, str, str], list[int]] = {}
     fresh_items: list[tuple[int, int, DatafileRegister]] = []
+    touched: list[dict[str, object]] = []
     for index, item in enumerate(cleaned):
         dataset = datasets[Identity.of(item)]
         where = (dataset.id, item.directory, item.filename)
@@ -454,8 +511,25 @@ def register_batch(
             fresh_items.append((dataset.id, found.version + 1 if found else 1, item))
             answers.append(None)
             continue
+        if decision in ("skip", "hash"):
+            assert found is not None
+            if decision == "skip" and item.mtime is not None and item.mtime != found.mtime:
+                touched.append({"b_id": found.id, "v_mtime": item.mtime})
+            answers.append(
+                RegisterAnswer(
+                    id=found.id,
+                    version=found.version,
+                    state=found.state,
+                    action=decision,
+                    sha256=found.sha256,
+                )
+            )
+            continue
+        assert found is not None
+        datafile = session.get(Datafile, found.id, options=[joinedload(Datafile.replicas)])
+        assert datafile is not None
         datafile, replica, decision = register_one(
-            ctx, session, uploader, item, dataset=dataset, latest=found, target=target
+            ctx, session, uploader, item, dataset=dataset, latest=datafile, target=target
         )
         answers.append(
             _answer(
@@ -468,6 +542,13 @@ def register_batch(
                 base_url,
                 target,
             )
+        )
+    if touched:  # same bytes, touched: the new mtime is recorded
+        table = Datafile.__table__
+        assert isinstance(table, Table)
+        session.connection().execute(
+            update(table).where(table.c.id == bindparam("b_id")).values(mtime=bindparam("v_mtime")),
+            touched,
         )
     if fresh_items:
         created = _insert_new(ctx, session, uploader, fresh_items, base_url, target)
