@@ -22,8 +22,12 @@ from stagebox.client.scan import LocalFile
 
 BATCH = 1000
 READ_SIZE = 1 << 20
-# Where mmap (hashing straight from the page cache, no copy) beats read().
+# Where mmap (hashing straight from the page cache, no copy) beats read(); mapped
+# a window at a time, so memory stays at one window however large the file.
 MAP_FROM = 4 << 20
+WINDOW = 64 << 20
+# Smaller files are hashed on the scanning thread: a hand-off costs more.
+POOL_FROM = 1 << 20
 STATES = ("stored", "differs", "missing", "corrupt", "in progress", "unreadable")
 
 
@@ -64,9 +68,11 @@ def file_sha256(file: LocalFile) -> tuple[int, str]:
             raise OSError(f"{file.path} is no longer a regular file")
         h = hashlib.sha256()
         if st.st_size >= MAP_FROM:
-            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
-                mapped.madvise(mmap.MADV_SEQUENTIAL)
-                h.update(mapped)
+            for offset in range(0, st.st_size, WINDOW):
+                length = min(WINDOW, st.st_size - offset)
+                with mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=offset) as mapped:
+                    mapped.madvise(mmap.MADV_SEQUENTIAL)
+                    h.update(mapped)
             return st.st_size, h.hexdigest()
         size = 0
         while chunk := os.read(fd, READ_SIZE):
@@ -88,7 +94,8 @@ def _hashed(file: LocalFile) -> tuple[LocalFile, int, str | None, str | None]:
 
 
 class Verifier:
-    """Hashes on ``threads`` threads while the previous batch is being checked."""
+    """Hashes (large files on ``threads`` threads, small ones on the caller's) while
+    the previous batch is being checked."""
 
     def __init__(self, client: StageboxClient, threads: int = 2, batch: int = BATCH) -> None:
         self.client = client
@@ -103,7 +110,14 @@ class Verifier:
             pending: Future[list[Receipt]] | None = None
             it = iter(files)
             while chunk := list(islice(it, self.batch)):
-                hashed = list(hashers.map(_hashed, chunk))
+                large = {
+                    i: hashers.submit(_hashed, f)
+                    for i, f in enumerate(chunk)
+                    if f.size >= POOL_FROM and not f.error
+                }
+                hashed = [
+                    large[i].result() if i in large else _hashed(f) for i, f in enumerate(chunk)
+                ]
                 if pending is not None:
                     yield from pending.result()
                 pending = checker.submit(self._check, hashed)

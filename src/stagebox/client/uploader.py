@@ -159,11 +159,21 @@ class Uploader:
         # Work in flight is bounded, so memory does not grow with the tree.
         self._slots = threading.BoundedSemaphore(self.options.threads * 2)
         try:
-            with ThreadPoolExecutor(self.options.threads, thread_name_prefix="stagebox-up") as pool:
+            with (
+                ThreadPoolExecutor(self.options.threads, thread_name_prefix="stagebox-up") as pool,
+                ThreadPoolExecutor(1, thread_name_prefix="stagebox-register") as registrar,
+            ):
+                # The next batch is scanned while the server answers this one.
+                planned: Future[list[tuple[LocalFile, dict[str, Any]]]] | None = None
                 for batch in _batched(iter(files), REGISTER_BATCH):
-                    self._run_batch(pool, batch)
-                    if self._errors:
-                        break
+                    if planned is not None:
+                        self._send_planned(pool, planned.result())
+                        if self._errors:
+                            break
+                    planned = registrar.submit(self._plan, batch)
+                else:
+                    if planned is not None:
+                        self._send_planned(pool, planned.result())
             if self._errors:
                 raise self._errors[0]
         finally:
@@ -173,7 +183,8 @@ class Uploader:
             self.report.seconds = time.monotonic() - started
         return self.report
 
-    def _run_batch(self, pool: ThreadPoolExecutor, batch: list[LocalFile]) -> None:
+    def _plan(self, batch: list[LocalFile]) -> list[tuple[LocalFile, dict[str, Any]]]:
+        """Register one batch; the files (with the server's answers) to send."""
         seen = self.journal.seen([f for f in batch if not f.error])
         to_register: list[tuple[LocalFile, str | None]] = []
         for file in batch:
@@ -182,7 +193,11 @@ class Uploader:
             else:
                 # A journal hit is declared, not trusted: the server decides.
                 to_register.append((file, self.journal.unchanged_sha256(file, seen)))
-        uploads = list(self._register(to_register))
+        return list(self._register(to_register))
+
+    def _send_planned(
+        self, pool: ThreadPoolExecutor, uploads: list[tuple[LocalFile, dict[str, Any]]]
+    ) -> None:
         self.progress(
             ProgressEvent("planned", files=len(uploads), nbytes=sum(f.size for f, _ in uploads))
         )

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from stagebox.errors import Conflict, InvalidInput, LengthExceeded
@@ -31,24 +32,31 @@ router = APIRouter(prefix="/api/v1/datafiles", tags=["datafiles"])
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-@router.post("/batch")
+def _lean(answer: BaseModel) -> Response:
+    """The answer without the fields that do not apply, serialised once: a batch is
+    1,000 answers, and FastAPI would validate them all again before dumping."""
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
+
+
+@router.post("/batch", response_model=BatchAnswer, response_model_exclude_none=True)
 def register_batch(
     body: BatchRegister, ctx: CtxDep, uploader: UploaderDep, base: BaseUrlDep
-) -> BatchAnswer:
-    """Register up to 1,000 files; each answer says skip or where to upload from."""
+) -> Response:
+    """Register up to 1,000 files; each answer says skip, hash, or where to upload from.
+    Fields that do not apply to an answer are left out (a rerun is 1,000 skips)."""
     with ctx.catalog.session() as session:
         answers = datafiles.register_batch(
             ctx, session, uploader, body.files, base, method=body.method
         )
-    return BatchAnswer(files=answers)
+    return _lean(BatchAnswer(files=answers))
 
 
-@router.post("/check")
-def check_batch(body: CheckBatch, ctx: CtxDep, uploader: UploaderDep) -> CheckAnswers:
+@router.post("/check", response_model=CheckAnswers, response_model_exclude_none=True)
+def check_batch(body: CheckBatch, ctx: CtxDep, uploader: UploaderDep) -> Response:
     """Up to 1,000 local files (size, sha256): is the newest stored version of each
     one these bytes? Answers come from the catalog's recorded digests."""
     with ctx.catalog.session() as session:
-        return CheckAnswers(files=datafiles.check_batch(session, uploader, body.files))
+        return _lean(CheckAnswers(files=datafiles.check_batch(session, uploader, body.files)))
 
 
 @router.post("/bundle", response_model=BundleAnswer)

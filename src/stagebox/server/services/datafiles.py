@@ -104,7 +104,8 @@ def clean_item(item: DatafileRegister, index: int | None = None) -> DatafileRegi
     """The item with every name checked and NFC-normalised; errors name the field."""
     where = "" if index is None else f"files[{index}]."
     try:
-        return DatafileRegister(
+        # Built without validating again: every value was validated or cleaned.
+        return DatafileRegister.model_construct(
             dataset=clean_component(item.dataset, "dataset"),
             experiment=clean_component(item.experiment, "experiment") if item.experiment else None,
             owner=clean_component(item.owner, "owner") if item.owner else None,
@@ -164,38 +165,24 @@ def _dataset(session: Session, uploader: Uploader, identity: Identity) -> Datase
     return dataset
 
 
-def history_of(
-    session: Session, dataset_id: int, pairs: set[tuple[str, str]]
-) -> dict[tuple[str, str], list[Datafile]]:
-    """Every version, oldest first, of each (directory, filename) of ``pairs`` in one
-    dataset, with their replicas.
-
-    One query per dataset instead of one per file: per-file overhead is what
-    kills trees of small files. Exact pairs, so folders that reuse file names
-    do not pull in every earlier folder's rows.
-    """
-    history: dict[tuple[str, str], list[Datafile]] = {}
-    if not pairs:
-        return history
-    rows = session.scalars(
-        select(Datafile)
-        .options(joinedload(Datafile.replicas))
-        .where(
-            Datafile.dataset_id == dataset_id,
-            tuple_(Datafile.directory, Datafile.filename).in_(pairs),
-        )
-        .order_by(Datafile.version)
-    ).unique()
-    for df in rows:
-        history.setdefault((df.directory, df.filename), []).append(df)
-    return history
-
-
 def versions_of(
     session: Session, dataset_id: int, pairs: set[tuple[str, str]]
 ) -> dict[tuple[str, str], Datafile]:
-    """The latest version of each (directory, filename) of ``pairs`` in one dataset."""
-    return {path: found[-1] for path, found in history_of(session, dataset_id, pairs).items()}
+    """The latest version of each (directory, filename) of ``pairs``, with its replicas."""
+    latest: dict[tuple[str, str], Datafile] = {}
+    if pairs:
+        rows = session.scalars(
+            select(Datafile)
+            .options(joinedload(Datafile.replicas))
+            .where(
+                Datafile.dataset_id == dataset_id,
+                tuple_(Datafile.directory, Datafile.filename).in_(pairs),
+            )
+            .order_by(Datafile.version)
+        ).unique()
+        for df in rows:
+            latest[(df.directory, df.filename)] = df
+    return latest
 
 
 Decision = Literal["skip", "hash", "new", "resume"]
@@ -203,8 +190,9 @@ LOST = ("corrupt", "missing")
 
 
 @dataclass(frozen=True)
-class Latest:
-    """What a registration needs to know of the newest version of a path."""
+class VersionRow:
+    """One version of a path as registration and check need it: its newest replica's
+    state and fixity, not the replica itself."""
 
     id: int
     version: int
@@ -213,23 +201,27 @@ class Latest:
     sha256: str | None
     state: str  # of its newest replica
     fixity: str | None
+    audited_at: dt.datetime | None
 
     @classmethod
-    def of(cls, df: Datafile) -> Latest:
-        replica = df.replicas[-1]
-        return cls(df.id, df.version, df.size, df.mtime, df.sha256, replica.state, replica.fixity)
+    def of(cls, df: Datafile) -> VersionRow:
+        r = df.replicas[-1]
+        return cls(df.id, df.version, df.size, df.mtime, df.sha256, r.state, r.fixity, r.audited_at)
 
 
-def latest_of(
+def version_rows(
     session: Session, dataset_id: int, pairs: set[tuple[str, str]]
-) -> dict[tuple[str, str], Latest]:
-    """:class:`Latest` of each (directory, filename) of ``pairs`` that has a version.
+) -> dict[tuple[str, str], list[VersionRow]]:
+    """Every version, oldest first, of each (directory, filename) of ``pairs`` in one
+    dataset.
 
-    Plain rows, not ORM objects: a rerun over an unchanged tree registers every
-    file, and building 1,000 datafiles with their replicas would cost more than
-    the rest of the batch.
+    One query per dataset instead of one per file: per-file overhead is what
+    kills trees of small files; exact pairs, so folders that reuse file names do
+    not pull in every earlier folder's rows. Plain rows, not ORM objects: a
+    rerun registers every file, and building 1,000 datafiles with their
+    replicas would cost more than the rest of the batch.
     """
-    found: dict[tuple[str, str], Latest] = {}
+    found: dict[tuple[str, str], list[VersionRow]] = {}
     if not pairs:
         return found
     rows = session.execute(
@@ -243,6 +235,7 @@ def latest_of(
             Datafile.sha256,
             Replica.state,
             Replica.fixity,
+            Replica.audited_at,
         )
         .join(Replica, Replica.datafile_id == Datafile.id)
         .where(
@@ -251,14 +244,26 @@ def latest_of(
         )
         .order_by(Datafile.version, Replica.id)
     )
-    for r in rows:  # the newest version's newest replica wins
-        found[(r.directory, r.filename)] = Latest(
-            r.id, r.version, r.size, r.mtime, r.sha256, r.state, r.fixity
+    for r in rows:
+        versions = found.setdefault((r.directory, r.filename), [])
+        row = VersionRow(
+            r.id, r.version, r.size, r.mtime, r.sha256, r.state, r.fixity, r.audited_at
         )
+        if versions and versions[-1].id == r.id:
+            versions[-1] = row  # a newer replica of the same version
+        else:
+            versions.append(row)
     return found
 
 
-def decide(latest: Latest | None, item: DatafileRegister, *, can_hash: bool = True) -> Decision:
+def latest_of(
+    session: Session, dataset_id: int, pairs: set[tuple[str, str]]
+) -> dict[tuple[str, str], VersionRow]:
+    """The newest version of each of ``pairs`` that has one."""
+    return {p: versions[-1] for p, versions in version_rows(session, dataset_id, pairs).items()}
+
+
+def decide(latest: VersionRow | None, item: DatafileRegister, *, can_hash: bool = True) -> Decision:
     """What a registration of ``item`` does, given the latest version of its path.
 
     Against a version whose digests are recorded (verified or stored): the same
@@ -386,7 +391,7 @@ def register_one(
         latest = versions_of(session, dataset.id, {(item.directory, item.filename)}).get(
             (item.directory, item.filename)
         )
-    decision = decide(Latest.of(latest) if latest else None, item, can_hash=can_hash)
+    decision = decide(VersionRow.of(latest) if latest else None, item, can_hash=can_hash)
     if decision == "new":
         version = latest.version + 1 if latest is not None else 1
         datafile = _new_version(ctx, session, uploader, dataset, version, item, target)
@@ -484,7 +489,7 @@ def register_batch(
         identity = Identity.of(item)
         if identity not in datasets:
             datasets[identity] = _dataset(session, uploader, identity)
-    latest: dict[tuple[int, str, str], Latest] = {}
+    latest: dict[tuple[int, str, str], VersionRow] = {}
     for identity, dataset in datasets.items():
         pairs = {(i.directory, i.filename) for i in cleaned if Identity.of(i) == identity}
         for (directory, filename), row in latest_of(session, dataset.id, pairs).items():
@@ -817,12 +822,12 @@ def check_batch(session: Session, uploader: Uploader, items: list[CheckItem]) ->
     for identity, *_ in cleaned:
         if identity not in datasets:
             datasets[identity] = find_dataset(session, uploader, identity)
-    history: dict[tuple[int, str, str], list[Datafile]] = {}
+    history: dict[tuple[int, str, str], list[VersionRow]] = {}
     for identity, dataset in datasets.items():
         if dataset is None:
             continue
         pairs = {(d, f) for ident, d, f, _ in cleaned if ident == identity}
-        for (directory, filename), found in history_of(session, dataset.id, pairs).items():
+        for (directory, filename), found in version_rows(session, dataset.id, pairs).items():
             history[(dataset.id, directory, filename)] = found
     answers = []
     for identity, directory, filename, item in cleaned:
@@ -832,11 +837,10 @@ def check_batch(session: Session, uploader: Uploader, items: list[CheckItem]) ->
     return answers
 
 
-def _check_one(versions: list[Datafile], size: int, sha256: str) -> CheckAnswer:
-    stored = [v for v in versions if v.replicas and v.replicas[-1].state == S.stored]
+def _check_one(versions: list[VersionRow], size: int, sha256: str) -> CheckAnswer:
+    stored = [v for v in versions if v.state == S.stored]
     newest = stored[-1] if stored else None
     if newest is not None and (newest.size, newest.sha256) == (size, sha256):
-        replica = newest.replicas[-1]
         answer = CheckAnswer(
             state="stored",
             id=newest.id,
@@ -844,20 +848,20 @@ def _check_one(versions: list[Datafile], size: int, sha256: str) -> CheckAnswer:
             size=newest.size,
             sha256=newest.sha256,
         )
-        if replica.fixity in LOST:
-            when = replica.audited_at.isoformat() + "Z" if replica.audited_at else "?"
-            answer.state = "corrupt" if replica.fixity == "corrupt" else "missing"
-            answer.detail = f"the audit of {when} found the stored copy {replica.fixity}"
+        if newest.fixity in LOST:
+            when = newest.audited_at.isoformat() + "Z" if newest.audited_at else "?"
+            answer.state = "corrupt" if newest.fixity == "corrupt" else "missing"
+            answer.detail = f"the audit of {when} found the stored copy {newest.fixity}"
         return answer
     later = [v for v in versions if newest is None or v.version > newest.version]
-    if any(v.replicas and v.replicas[-1].state != S.failed for v in later):
+    if any(v.state != S.failed for v in later):
         pending = later[-1]
         return CheckAnswer(
             state="in progress",
             id=pending.id,
             version=pending.version,
             size=pending.size,
-            detail=f"version {pending.version} is {pending.replicas[-1].state}",
+            detail=f"version {pending.version} is {pending.state}",
         )
     if newest is not None:
         return CheckAnswer(
