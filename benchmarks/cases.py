@@ -709,7 +709,7 @@ def plan_audit(p: Profile) -> CaseResult:
             "server_env": {**AUDIT_ENV, "STAGEBOX_AUDIT_ENABLED": "true | false"},
             "settle_s": AUDIT_SETTLE_S,
             "warmups": p.warmups,
-            "runs": p.runs,
+            "runs": p.audit_runs,
         },
     )
 
@@ -730,7 +730,7 @@ def run_audit(b: Bench, result: CaseResult) -> None:
             )
             for side, on in (("audit on", True), ("audit off", False))
         ]
-        alternate(b, result, sides, p.warmups, p.runs)
+        alternate(b, result, sides, p.warmups, p.audit_runs)
     finally:
         shutil.rmtree(store.data.parent, ignore_errors=True)
     check_audit_read(result)
