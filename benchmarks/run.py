@@ -146,8 +146,8 @@ METHOD = [
     "openssl dgst -sha256, one openssl process over every file (a one-line sh wrapper per "
     "xargs batch says how many; there must be 1). Both use OpenSSL's sha256 (Python's hashlib "
     "links the same libcrypto), with SHA extensions when the CPU has them (see Machine). "
-    "stagebox verify runs with its defaults (2 hashing threads, mmap from 4 MiB) and "
-    "--json; its exit must be 0 and every file stored with the harness's digest.",
+    "stagebox verify runs with its defaults and --json; its exit must be 0 and every file "
+    "stored with the harness's digest.",
     "audit: the store is a data dir holding many stored objects, uploaded once (untimed). "
     "Each run gets a fresh server on a copy of it (the catalog copied, the stored objects "
     "hard-linked: they are only read, and evicted from the page cache with "
