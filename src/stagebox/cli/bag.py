@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from stagebox.ingest.bagit import Profile, validate_path
-
 app = typer.Typer(help="BagIt bags (RFC 8493).", no_args_is_help=True)
 
 
@@ -31,6 +29,9 @@ def validate(
     ] = False,
 ) -> None:
     """Validate a bag: exit 0 when valid, 1 when not (every error on stderr), 2 on usage errors."""
+    # Imported here: every other command starts faster without the validator.
+    from stagebox.ingest.bagit import Profile, validate_path
+
     chosen = Profile.load(profile) if profile is not None else None
     report = validate_path(path, chosen, fast=fast)
     for error in report.errors:

@@ -13,8 +13,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from stagebox.server.process import ServerProcess, stagebox_cmd
-
 SAMPLE = {
     "Alice/Exp-2026-11/Dataset-A/image_0001.tif": 256 * 1024,
     "Alice/Exp-2026-11/Dataset-A/image_0002.tif": 256 * 1024,
@@ -34,6 +32,8 @@ def _make_sample(root: Path) -> None:
 
 def demo() -> None:
     """Start a server on a temporary data dir, upload a sample tree, show the catalog."""
+    from stagebox.server.process import ServerProcess, stagebox_cmd
+
     console = Console()
     with tempfile.TemporaryDirectory(prefix="stagebox-demo-") as tmp:
         root = Path(tmp)
