@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from stagebox.config import Settings
 from stagebox.server.runtime import build_context
+from stagebox.server.services import boxes as box_service
 from stagebox.server.services import uploaders
 
 
@@ -47,3 +50,13 @@ def alice(ctx):
     with ctx.catalog.session() as s:
         uploader, _ = uploaders.add_uploader(s, "alice")
     return uploader
+
+
+@pytest.fixture
+def receiving(ctx, tmp_path) -> Path:
+    """A local receiving box named inbox: bags dropped here are ingested."""
+    path = tmp_path / "receiving"
+    path.mkdir()
+    with ctx.catalog.session() as s:
+        box_service.add_box(s, "inbox", role="receiving", path=str(path))
+    return path

@@ -13,19 +13,9 @@ import pytest
 from stagebox.ingest import jobs, stages
 from stagebox.ingest.worker import IngestRun, exit_code
 from stagebox.server.db.models import IngestFile, IngestJob
-from stagebox.server.services import boxes as box_service
 from tests.bags import TarBuilder, broken_bag, make_bag_dir, to_tar
 
 INFO = {"Source-Organization": "Example Lab"}
-
-
-@pytest.fixture
-def receiving(ctx, tmp_path) -> Path:
-    path = tmp_path / "receiving"
-    path.mkdir()
-    with ctx.catalog.session() as s:
-        box_service.add_box(s, "inbox", role="receiving", path=str(path))
-    return path
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import pytest
 from stagebox.ingest import jobs, stages
 from stagebox.ingest.worker import IngestRun
 from stagebox.server.db.models import IngestFile, IngestJob
-from stagebox.server.services import boxes as box_service
 from tests.bags import make_bag_dir, to_tar
 
 INFO = {"Source-Organization": "Example Lab"}
@@ -26,15 +25,6 @@ PAYLOAD = {
     "edit.bin": b"version 1\n" * 1000,
     "sub/also same.dat": os.urandom(70_000),
 }
-
-
-@pytest.fixture
-def receiving(ctx, tmp_path) -> Path:
-    path = tmp_path / "receiving"
-    path.mkdir()
-    with ctx.catalog.session() as s:
-        box_service.add_box(s, "inbox", role="receiving", path=str(path))
-    return path
 
 
 def ingest(ctx) -> dict[int, str]:
