@@ -128,7 +128,7 @@ class Identity:
     name: str
 
     @classmethod
-    def of(cls, item: DatafileRegister | CheckItem) -> Identity:
+    def of(cls, item: DatafileRegister) -> Identity:
         return cls(item.owner or "", item.experiment or "", item.dataset)
 
 
@@ -521,12 +521,15 @@ def register_batch(
             if decision == "skip" and item.mtime is not None and item.mtime != found.mtime:
                 touched.append({"b_id": found.id, "v_mtime": item.mtime})
             answers.append(
-                RegisterAnswer(
-                    id=found.id,
-                    version=found.version,
-                    state=found.state,
-                    action=decision,
-                    sha256=found.sha256,
+                _answer(
+                    (found.id, found.version, found.sha256),
+                    found.state,
+                    "",
+                    None,
+                    0,
+                    decision,
+                    base_url,
+                    target,
                 )
             )
             continue
