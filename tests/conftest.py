@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -7,6 +8,15 @@ import httpx
 import pytest
 
 from tests.servers import StageboxServer
+
+
+@pytest.fixture(autouse=True)
+def hermetic_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the developer's settings: no STAGEBOX_* from the shell, and the
+    client config dir (client.toml, SSH key) is the test's own."""
+    for name in [n for n in os.environ if n.startswith("STAGEBOX_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("STAGEBOX_CONFIG_DIR", str(tmp_path / "client-config"))
 
 
 @pytest.fixture

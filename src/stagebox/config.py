@@ -1,22 +1,28 @@
 """One settings model for the server and workers: TOML file + ``STAGEBOX_*`` env.
 
-Precedence, highest first: explicit arguments (the CLI), environment variables,
-the TOML file named by ``STAGEBOX_CONFIG`` (or passed as ``config_file``), defaults.
+Precedence, highest first: explicit arguments (the CLI's flags), environment
+variables, the TOML file named by ``STAGEBOX_CONFIG``, defaults. Every command
+that reads settings goes through :func:`load_settings`, so a bad file, an
+unknown setting or a bad value is one :class:`~stagebox.errors.ConfigError`
+naming the setting and where it came from, never a traceback.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from stagebox.errors import ConfigError
 
 
 class Settings(BaseSettings):
@@ -69,7 +75,14 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None, description="base URL clients reach; from the request if unset"
     )
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _readable_file(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        return path
 
     @classmethod
     def settings_customise_sources(
@@ -81,9 +94,9 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("STAGEBOX_CONFIG")
+        config_file = config_path()
         if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
 
     @property
@@ -105,6 +118,90 @@ class Settings(BaseSettings):
         return self.store_dir or self.data_dir / "store"
 
 
+def config_path() -> Path | None:
+    """The TOML file ``STAGEBOX_CONFIG`` names, if any."""
+    named = os.environ.get("STAGEBOX_CONFIG")
+    return Path(named) if named else None
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings, dropping ``None`` overrides so env and file still apply."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Build settings, dropping ``None`` overrides so env and file still apply.
+
+    Raises :class:`ConfigError` for a missing or malformed file, an unknown
+    setting or a value that breaks its rule.
+    """
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    file_values = _read_config_file()
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        where = setting_source(name, flags, file_values)
+        if error["type"] == "extra_forbidden":
+            raise ConfigError(f"{where}: unknown setting {name!r}") from None
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"setting {name} (from {where}): {message}") from None
+
+
+def _read_config_file() -> dict[str, Any]:
+    path = config_path()
+    if path is None:
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"STAGEBOX_CONFIG names {path}, which does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} (STAGEBOX_CONFIG): cannot be read ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} (STAGEBOX_CONFIG): not valid TOML ({exc})") from None
+
+
+def setting_source(name: str, flags: dict[str, Any], file_values: dict[str, Any]) -> str:
+    """Where setting ``name`` came from: its flag, its variable, the file, or the default."""
+    if name in flags:
+        return "--" + name.replace("_", "-")
+    env = f"STAGEBOX_{name.upper()}"
+    if env in os.environ:
+        return env
+    if name in file_values:
+        return str(config_path())
+    return "the default"
+
+
+def setting_origin(name: str, **overrides: Any) -> str:
+    """:func:`setting_source` for a caller holding only the flags it was given."""
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    return setting_source(name, flags, _read_config_file())
+
+
+def open_data_dir(settings: Settings, origin: str, init: bool = False) -> Settings:
+    """Refuse a data dir that does not exist yet, unless ``init`` says to create it.
+
+    A mistyped or forgotten ``--data-dir`` would otherwise make a fresh, empty
+    catalog: tokens issued there are refused by the real server, and a server
+    started there serves nobody's data.
+    """
+    data_dir = settings.data_dir.expanduser().absolute()
+    catalog = data_dir / "catalog.db"
+    exists = data_dir.is_dir() and (settings.database_url is not None or catalog.exists())
+    if exists:
+        return settings
+    if not init:
+        raise ConfigError(
+            f"no stagebox data dir at {data_dir} (data_dir from {origin}): point --data-dir, "
+            f"STAGEBOX_DATA_DIR or the config file at the server's, or create one with: "
+            f"stagebox admin --data-dir {data_dir} init"
+        )
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create data dir {data_dir}: {exc.strerror}") from None
+    return settings
+
+
+def server_settings(init: bool = False, **flags: Any) -> Settings:
+    """Settings for a command that works on the server's data dir (serve, admin, ingest)."""
+    settings = load_settings(**flags)
+    return open_data_dir(settings, setting_origin("data_dir", **flags), init)

@@ -10,7 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stagebox.cli.output import print_table
+
 if TYPE_CHECKING:
+    from stagebox.config import Settings
     from stagebox.server.db.session import Catalog
 
 app = typer.Typer(help="Administer uploaders, tokens and boxes.", no_args_is_help=True)
@@ -27,29 +30,43 @@ app.add_typer(token_app, name="token")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="the server's data dir (or STAGEBOX_DATA_DIR, or data_dir in STAGEBOX_CONFIG)"
+    ),
+]
+
 _state: dict[str, Path | None] = {"data_dir": None}
 
 
 @app.callback()
-def admin(
-    data_dir: Annotated[
-        Path | None, typer.Option(help="the server's data dir (or STAGEBOX_DATA_DIR)")
-    ] = None,
-) -> None:
+def admin(data_dir: DataDirOption = None) -> None:
     _state["data_dir"] = data_dir
 
 
-def _catalog(migrate: bool = True) -> Catalog:
+def _settings(init: bool = False) -> Settings:
+    from stagebox.config import server_settings
+
+    return server_settings(init, data_dir=_state["data_dir"])
+
+
+def _catalog(migrate: bool = True, init: bool = False) -> Catalog:
     # Imported here: the catalog stack is heavy and the upload client never needs it.
-    from stagebox.config import load_settings
     from stagebox.server.db.session import Catalog
 
-    settings = load_settings(data_dir=_state["data_dir"])
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    catalog = Catalog(settings.catalog_url)
+    catalog = Catalog(_settings(init).catalog_url)
     if migrate:
         catalog.migrate()
     return catalog
+
+
+@app.command("init")
+def init() -> None:
+    """Create the data dir and its catalog (once); the server and admin commands use it."""
+    settings = _settings(init=True)
+    _catalog(init=True).dispose()
+    typer.echo(f"data dir ready: {settings.data_dir.expanduser().absolute()}", err=True)
 
 
 def _show(rows: list[dict[str, Any]], columns: tuple[str, ...], as_json: bool) -> None:
@@ -59,7 +76,7 @@ def _show(rows: list[dict[str, Any]], columns: tuple[str, ...], as_json: bool) -
     table = Table(*columns)
     for row in rows:
         table.add_row(*("" if row.get(k) is None else str(row.get(k)) for k in columns))
-    Console().print(table)
+    print_table(table)
 
 
 @uploader_app.command("add")
@@ -285,13 +302,12 @@ def audit_command(
     Each check is recorded; a corrupt or missing object is marked so (never
     repaired). Exit 0 when every object checked is ok, 1 otherwise.
     """
-    from stagebox.config import load_settings
     from stagebox.server.runtime import build_context
     from stagebox.server.services import audit
 
     if every and older_than is not None:
         raise typer.BadParameter("give --all or --older-than, not both")
-    settings = load_settings(data_dir=_state["data_dir"])
+    settings = _settings()
     ctx = build_context(settings)
     days = (
         None if every else (older_than if older_than is not None else settings.audit_interval_days)

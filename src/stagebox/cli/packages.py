@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -13,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from stagebox.cli import options as opt
 from stagebox.errors import ConfigError, InvalidInput
 
 # The package modules (asyncssh, PyYAML) load only when pack or push runs, so
@@ -73,11 +73,13 @@ def push_command(
     push_server_host: Annotated[
         str | None, typer.Option("--push-server", help="SSH host to push to")
     ] = None,
-    push_port: Annotated[int | None, typer.Option(help="its SSH port [22]")] = None,
-    push_dir: Annotated[str | None, typer.Option(help="directory there [/srv/data]")] = None,
-    push_user: Annotated[str | None, typer.Option(help="SSH user [ubuntu]")] = None,
+    push_port: Annotated[int | None, typer.Option(help="its SSH port [default: 22]")] = None,
+    push_dir: Annotated[
+        str | None, typer.Option(help="directory there [default: /srv/data]")
+    ] = None,
+    push_user: Annotated[str | None, typer.Option(help="SSH user [default: ubuntu]")] = None,
     push_key: Annotated[
-        Path | None, typer.Option(help="private key, mode 0600 [~/.ssh/mdi-push-key.pem]")
+        Path | None, typer.Option(help="private key, mode 0600 [default: ~/.ssh/mdi-push-key.pem]")
     ] = None,
     known_hosts: Annotated[
         Path, typer.Option(help="known_hosts to check the host key against")
@@ -89,11 +91,9 @@ def push_command(
     server: Annotated[
         str | None, typer.Option(help="push to a stagebox server instead (http path)")
     ] = None,
-    token: Annotated[
-        str | None, typer.Option(envvar="STAGEBOX_TOKEN", help="API token (or STAGEBOX_TOKEN)")
-    ] = None,
+    token: opt.Token = None,
     dataset: Annotated[
-        str | None, typer.Option(help="dataset on the server [the uploadType]")
+        str | None, typer.Option(help="dataset on the server [default: the uploadType]")
     ] = None,
     cacert: Annotated[Path | None, typer.Option(help="CA bundle to trust for TLS")] = None,
     job: Annotated[
@@ -134,12 +134,8 @@ def push_command(
         )
     record = PushRecord(pkg)
     if server:
-        tls: bool | ssl.SSLContext = (
-            ssl.create_default_context(cafile=str(cacert)) if cacert else True
-        )
-        if not token:
-            raise ConfigError("no token: pass --token or set STAGEBOX_TOKEN")
-        to_server = ServerDestination(server, token, dataset, tls)
+        to = opt.target(server, token, cacert)
+        to_server = ServerDestination(to.server, to.token, dataset, to.tls)
         target = to_server.target(pkg)
     else:
         try:

@@ -7,13 +7,14 @@ from typing import Annotated, Any
 
 import typer
 
+from stagebox.cli import options as opt
 from stagebox.client import identity
 from stagebox.client.api import StageboxClient
 
 
 def _line(request: dict[str, Any] | None) -> str:
     if request is None:
-        return "not registered (run: stagebox register --server URL --token T)"
+        return "not registered (run: stagebox register)"
     head = f"request {request['id']} ({request['fingerprint']}): {request['state']}"
     if request["state"] == "approved" and request.get("sftp"):
         sftp = request["sftp"]
@@ -27,16 +28,16 @@ def _line(request: dict[str, Any] | None) -> str:
 
 
 def register(
-    server: Annotated[str, typer.Option(help="server URL")],
-    token: Annotated[
-        str | None, typer.Option(envvar="STAGEBOX_TOKEN", help="API token (or STAGEBOX_TOKEN)")
-    ] = None,
+    server: opt.Server = None,
+    token: opt.Token = None,
     status: Annotated[bool, typer.Option("--status", help="only show the request's state")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the request as JSON")] = False,
 ) -> None:
     """Create this machine's SSH key (once), describe the machine to the server and
     request SFTP staging; an admin approves it. Running it again reuses both."""
-    client = StageboxClient(server, token or "")
+    to = opt.target(server, token, None)
+    server = to.server
+    client = StageboxClient(server, to.token, verify_tls=to.tls)
     try:
         saved = identity.load_server(server)
         if status:

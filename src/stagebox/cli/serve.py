@@ -1,29 +1,49 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from stagebox.errors import ConfigError
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="catalog and embedded boxes (or STAGEBOX_DATA_DIR) [default: ./stagebox-data]"
+    ),
+]
+Init = Annotated[bool, typer.Option("--init", help="create the data dir if it does not exist")]
+
 
 def serve(
-    data_dir: Annotated[Path, typer.Option(help="catalog and embedded boxes live here")] = Path(
-        "./stagebox-data"
-    ),
-    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+    data_dir: DataDir = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="address to listen on (or STAGEBOX_HOST) [default: 127.0.0.1]"),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="port to listen on (or STAGEBOX_PORT) [default: 8080]")
+    ] = None,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
     md5: Annotated[bool | None, typer.Option(help="also compute md5 (MyTardis)")] = None,
+    init: Init = False,
 ) -> None:
-    """Run the server: API, tus uploads, verification and promotion."""
+    """Run the server: API, tus uploads, verification and promotion.
+
+    Each setting comes from its flag, else STAGEBOX_<NAME>, else the TOML file
+    named by STAGEBOX_CONFIG, else its default.
+    """
     import uvicorn
 
-    from stagebox.config import load_settings
+    from stagebox.config import server_settings
     from stagebox.server.app import create_app
 
-    settings = load_settings(
+    settings = server_settings(
+        init,
         data_dir=data_dir,
         host=host,
         port=port,
@@ -31,6 +51,8 @@ def serve(
         ssl_keyfile=ssl_keyfile,
         md5=md5,
     )
+    if settings.ssl_certfile:
+        _check_tls(settings.ssl_certfile, settings.ssl_keyfile)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
@@ -44,3 +66,12 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+
+
+def _check_tls(certfile: Path, keyfile: Path | None) -> None:
+    """Load the pair now, so a bad one is one line before anything starts."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        named = f"{certfile}" + (f" with key {keyfile}" if keyfile else "")
+        raise ConfigError(f"TLS certificate {named}: cannot be loaded ({exc})") from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import ssl
 import sys
 from collections import Counter
 from pathlib import Path
@@ -17,16 +16,15 @@ from stagebox.cli import options as opt
 from stagebox.client.api import StageboxClient
 from stagebox.client.receipt import STATES, Receipt, Verifier
 from stagebox.client.scan import Omission, scan
-from stagebox.errors import ConfigError
 
 SHOWN = 200
 
 
 def verify(
     src: Annotated[Path, typer.Argument(help="folder to check")],
-    server: opt.Server,
+    server: opt.Server = None,
     token: opt.Token = None,
-    structure: opt.Structure = "dataset",
+    structure: opt.Structure = None,
     dataset: opt.Dataset = None,
     include: opt.Include = None,
     exclude: opt.Exclude = None,
@@ -39,13 +37,11 @@ def verify(
 ) -> None:
     """Hash every selected file and ask the server whether its newest stored version
     is these bytes. Uploads nothing. Exit 0 only when every file is stored and identical."""
-    if not token:
-        raise ConfigError("no token: pass --token or set STAGEBOX_TOKEN")
+    to = opt.target(server, token, cacert)
     rules = opt.scan_rules(structure, dataset, include, exclude, min_age, symlinks)
     omissions: list[Omission] = []
     found = scan(src, rules, omitted=omissions.append)
-    tls = ssl.create_default_context(cafile=str(cacert)) if cacert else True
-    client = StageboxClient(server, token, verify_tls=tls)
+    client = StageboxClient(to.server, to.token, verify_tls=to.tls)
     counts: Counter[str] = Counter()
     out = sys.stdout
     shown: list[Receipt] = []

@@ -52,11 +52,17 @@ def plan(
     known_hosts: Path | None = None,
     accept_new_host_key: bool = False,
 ) -> Plan:
-    """``http`` as asked; ``sftp`` or refuse; ``auto``: sftp if approved, else http
-    with a one-line notice saying why."""
+    """``http`` as asked; ``sftp`` or refuse; ``auto``: sftp if approved, else http.
+
+    ``auto`` on a machine that never ran ``stagebox register`` (no key) means
+    http is the intended method: no notice. A machine that did register but is
+    not approved (yet) is told why, once, on stderr.
+    """
     if method == "http":
         return Plan("http")
     key = key or identity.key_path()
+    if method == "auto" and not key.exists():
+        return Plan("http")
     request, why = _approved(client, key)
     if request is None:
         if method == "sftp":

@@ -112,7 +112,9 @@ class ServerProcess:
         return self.data_dir.parent / f"server-{self.port}.log"
 
     def start(self, timeout: float = 30.0) -> None:
-        argv = stagebox_cmd("serve", "--data-dir", str(self.data_dir), "--port", str(self.port))
+        argv = stagebox_cmd(
+            "serve", "--init", "--data-dir", str(self.data_dir), "--port", str(self.port)
+        )
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
