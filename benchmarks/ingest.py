@@ -332,7 +332,7 @@ def moto_boxes(b: Bench, bag: Bag, name: str) -> Iterator[Callable[[Path], Boxes
 
 
 def _stagebox_json(data_dir: Path, env: dict[str, str], *args: str) -> object:
-    cmd = stagebox_cmd("ingest", *args, "--data-dir", str(data_dir), "--json")
+    cmd = stagebox_cmd("ingest", "--data-dir", str(data_dir), *args, "--json")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if out.returncode != 0:
         raise RunFailed(f"{' '.join(cmd[2:])} exit {out.returncode}:\n{_tail(out.stderr)}")
@@ -382,8 +382,8 @@ def _add_boxes(b: Bench, setup: Boxes, data_dir: Path, env: dict[str, str]) -> N
     if setup.template is not None:
         target = b.work / "runs" / "_templates" / setup.template / "data"
         shutil.rmtree(target.parent, ignore_errors=True)
-    for box in setup.add:
-        cmd = stagebox_cmd("admin", "--data-dir", str(target), "box", "add", *box)
+    for box in [("init",)] + [("box", "add", *box) for box in setup.add]:
+        cmd = stagebox_cmd("admin", "--data-dir", str(target), *box)
         added = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
         if added.returncode != 0:
             raise RunFailed(f"{' '.join(cmd[2:])} exit {added.returncode}:\n{_tail(added.stderr)}")
@@ -403,7 +403,7 @@ def stagebox_ingest(b: Bench, bag: Bag, label: str, boxes: Callable[[Path], Boxe
     env.update(setup.env, STAGEBOX_INGEST_RETRIES="0")
     _add_boxes(b, setup, data_dir, env)
     cmd = stagebox_cmd(
-        "ingest", "run", "--data-dir", str(data_dir), *setup.options,
+        "ingest", "--data-dir", str(data_dir), "run", *setup.options,
         "--once", "--workers", "1", "--profile", "none",
     )  # fmt: skip
     os.sync()

@@ -1,5 +1,6 @@
 """Bag ingest as an operator runs it, with receiving, staging and permanent boxes on S3
-(the moto server on 127.0.0.1), including a worker killed with SIGKILL mid-stage."""
+(the moto server on 127.0.0.1), including a worker killed with SIGKILL mid-stage and a
+job cancelled while a worker runs it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from stagebox.server.db.session import Catalog
 from stagebox.server.process import stagebox_cmd
 from tests.bags import make_bag_dir, to_tar
 from tests.s3 import MotoServer, leftovers, running_moto
@@ -39,6 +41,8 @@ def s3(moto):
 def data_dir(tmp_path, moto, s3) -> Path:
     """A data dir with the three S3 boxes, each its own fresh bucket."""
     data = tmp_path / "data"
+    data.mkdir()
+    Catalog(f"sqlite:///{data / 'catalog.db'}").migrate()
     suffix = tmp_path.name[-20:].lower().replace("_", "-")
     for name, role in BUCKETS.items():
         bucket = f"{name}-{suffix}"
@@ -61,12 +65,12 @@ def cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedP
 
 
 def ingest(data_dir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return cli(data_dir, "ingest", "run", "--data-dir", str(data_dir), "--receiving", "inbox",
+    return cli(data_dir, "ingest", "--data-dir", str(data_dir), "run", "--receiving", "inbox",
                "--staging", "s3stage", "--permanent", "s3keep", *extra, check=check)  # fmt: skip
 
 
 def show(data_dir: Path, job_id: int) -> dict:
-    out = cli(data_dir, "ingest", "show", str(job_id), "--data-dir", str(data_dir), "--json")
+    out = cli(data_dir, "ingest", "--data-dir", str(data_dir), "show", str(job_id), "--json")
     return json.loads(out.stdout)
 
 
@@ -87,7 +91,7 @@ def test_a_bag_goes_from_a_receiving_bucket_to_a_permanent_bucket(s3, data_dir, 
 
     done = ingest(data_dir, "--once", "--profile", "aptrust")
 
-    assert "job 1: succeeded" in done.stderr
+    assert "job 1 (deposits/bag1.tar): succeeded: stored" in done.stderr
     view = show(data_dir, 1)
     assert (view["status"], view["attempts"]) == ("succeeded", 1)
     files = {f["path"]: f for f in view["files"]}
@@ -106,9 +110,9 @@ def test_a_worker_killed_mid_stage_is_resumed_and_each_file_staged_once(s3, data
     worker = subprocess.Popen(
         stagebox_cmd(
             "ingest",
-            "run",
             "--data-dir",
             str(data_dir),
+            "run",
             "--receiving",
             "inbox",
             "--staging",
@@ -133,7 +137,7 @@ def test_a_worker_killed_mid_stage_is_resumed_and_each_file_staged_once(s3, data
 
     done = ingest(data_dir, "--once", "--profile", "none")
 
-    assert "job 1: succeeded" in done.stderr
+    assert "job 1 (deposits/big.tar): succeeded: stored" in done.stderr
     view = show(data_dir, 1)
     assert view["attempts"] == 2
     paths = [f["path"] for f in view["files"]]
@@ -161,6 +165,56 @@ def test_an_invalid_bag_fails_and_its_staged_objects_are_removed(s3, data_dir, t
     assert any("data/a.txt" in e for e in view["errors"])
     assert keys(s3, bucket(data_dir, "s3stage")) == []
     assert keys(s3, bucket(data_dir, "s3keep")) == []
+
+
+def test_a_job_cancelled_mid_stage_stops_without_storing_and_stays_cancelled(
+    s3, data_dir, tmp_path
+):
+    # given a worker staging a bag of many small files (each a PUT to the staging bucket)
+    payload = {f"part{i:03}.txt": os.urandom(2000 + i) for i in range(400)}
+    deposit(s3, data_dir, tmp_path, "big", payload)
+    log = tmp_path / "worker.err"
+    with log.open("w") as err:
+        worker = subprocess.Popen(
+            stagebox_cmd(
+                "ingest",
+                "--data-dir",
+                str(data_dir),
+                "run",
+                "--receiving",
+                "inbox",
+                "--staging",
+                "s3stage",
+                "--permanent",
+                "s3keep",
+                "--once",
+                "--profile",
+                "none",
+            ),  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        wait_for_checkpoint(data_dir / "catalog.db", worker)
+
+        # when the operator cancels the job
+        cancelled = cli(data_dir, "ingest", "--data-dir", str(data_dir), "cancel", "1")
+
+        # then the worker stops at its next checkpoint and the run ends, not failed
+        assert worker.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=10)
+    assert "job 1 (deposits/big.tar): cancelled" in cancelled.stdout
+    assert "job 1 (deposits/big.tar): cancelled: stopped without storing" in log.read_text()
+    assert keys(s3, bucket(data_dir, "s3stage")) == []
+    assert keys(s3, bucket(data_dir, "s3keep")) == []
+    view = show(data_dir, 1)
+    assert (view["status"], view["files"]) == ("cancelled", [])
+    listed = cli(data_dir, "ingest", "--data-dir", str(data_dir), "list", "--json")
+    assert [job["status"] for job in json.loads(listed.stdout)] == ["cancelled"]
 
 
 def wait_for_checkpoint(catalog: Path, worker: subprocess.Popen, timeout: float = 120) -> int:

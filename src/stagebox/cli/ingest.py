@@ -19,9 +19,6 @@ app = typer.Typer(
     help="Ingest tarred BagIt bags: stage, validate, verify, store.", no_args_is_help=True
 )
 
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="the server's data dir (or STAGEBOX_DATA_DIR)")
-]
 Receiving = Annotated[str, typer.Option("--receiving", help="the receiving box holding the tars")]
 Staging = Annotated[
     str | None, typer.Option("--staging", help="staging box [default: the embedded one]")
@@ -38,15 +35,26 @@ ProfileOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # a log line is never cut
+
+_state: dict[str, Path | None] = {"data_dir": None}
+
+
+@app.callback()
+def ingest(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="the server's data dir (or STAGEBOX_DATA_DIR)")
+    ] = None,
+) -> None:
+    _state["data_dir"] = data_dir
 
 
 def _context(data_dir: Path | None) -> ServerContext:
     # Imported here: the catalog stack is heavy and most commands never need it.
-    from stagebox.config import load_settings
+    from stagebox.config import server_settings
     from stagebox.server.runtime import build_context
 
-    return build_context(load_settings(data_dir=data_dir))
+    return build_context(server_settings(data_dir=data_dir))
 
 
 def _profile(choice: str) -> dict[str, Any] | None:
@@ -69,7 +77,6 @@ def _boxes(ctx: ServerContext, receiving: str, staging: str | None, permanent: s
 @app.command("run")
 def run(
     receiving: Receiving,
-    data_dir: DataDir = None,
     staging: Staging = None,
     permanent: Permanent = None,
     profile: ProfileOption = "aptrust",
@@ -88,10 +95,10 @@ def run(
     """Find new tars in the receiving box and ingest each one (exit 0 only if all succeed)."""
     from stagebox.ingest.worker import IngestRun, exit_code
 
-    ctx = _context(data_dir)
+    ctx = _context(_state["data_dir"])
 
-    def progress(job_id: int, what: str) -> None:
-        err.print(f"job {job_id}: {what}")
+    def progress(job_id: int, bag: str, what: str) -> None:
+        err.print(f"job {job_id} ({bag}): {what}", markup=False)
 
     ingest = IngestRun(
         ctx,
@@ -107,8 +114,11 @@ def run(
         outcome = ingest.run(once)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    for job_id, status in sorted(outcome.items()):
-        err.print(f"job {job_id}: {status}")
+    from stagebox.ingest.jobs import endings
+
+    for end in endings(ctx, outcome):
+        what = f"{end.status}: {end.what}" if end.status == "succeeded" else end.what
+        err.print(f"job {end.id} ({end.bag}): {what}", markup=False)
     raise typer.Exit(exit_code(outcome))
 
 
@@ -116,7 +126,6 @@ def run(
 def submit(
     key: Annotated[str, typer.Argument(help="the tar's key in the receiving box")],
     receiving: Receiving,
-    data_dir: DataDir = None,
     staging: Staging = None,
     permanent: Permanent = None,
     profile: ProfileOption = "aptrust",
@@ -125,7 +134,7 @@ def submit(
     """Queue one bag; the next ``ingest run`` on its receiving box takes it."""
     from stagebox.ingest import jobs
 
-    ctx = _context(data_dir)
+    ctx = _context(_state["data_dir"])
     job, created = jobs.submit(
         ctx,
         _boxes(ctx, receiving, staging, permanent),
@@ -138,14 +147,13 @@ def submit(
 
 @app.command("list")
 def list_(
-    data_dir: DataDir = None,
     status: Annotated[str | None, typer.Option(help="only jobs with this status")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Every ingest job, oldest first."""
     from stagebox.ingest import jobs
 
-    rows = jobs.list_jobs(_context(data_dir), status)
+    rows = jobs.list_jobs(_context(_state["data_dir"]), status)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -166,13 +174,12 @@ def list_(
 @app.command("show")
 def show(
     job_id: Annotated[int, typer.Argument(metavar="JOB")],
-    data_dir: DataDir = None,
     as_json: JsonOption = False,
 ) -> None:
     """One job with its files and every error."""
     from stagebox.ingest import jobs
 
-    view = jobs.show_job(_context(data_dir), job_id)
+    view = jobs.show_job(_context(_state["data_dir"]), job_id)
     if as_json:
         typer.echo(json.dumps(view, indent=2))
         return
@@ -192,11 +199,27 @@ def show(
 @app.command("requeue")
 def requeue(
     job_id: Annotated[int, typer.Argument(metavar="JOB")],
-    data_dir: DataDir = None,
     stage: Annotated[str | None, typer.Option(help="run again from this stage")] = None,
 ) -> None:
     """Put a failed job back in the queue (its attempts start again from 0)."""
     from stagebox.ingest import jobs
 
-    job = jobs.requeue(_context(data_dir), job_id, stage)
-    typer.echo(f"job {job.id}: pending from stage {job.stage}")
+    job = jobs.requeue(_context(_state["data_dir"]), job_id, stage)
+    typer.echo(f"job {job.id} ({job.bag}): pending from stage {job.stage}")
+
+
+@app.command("cancel")
+def cancel(job_id: Annotated[int, typer.Argument(metavar="JOB")]) -> None:
+    """Stop a job before it stores anything; its staged objects are deleted, its record kept.
+
+    A worker running the job stops at its next checkpoint. A job that has
+    succeeded, or begun to store its files, is refused (exit 2).
+    """
+    from stagebox.ingest import jobs
+
+    done = jobs.cancel(_context(_state["data_dir"]), job_id)
+    note = "; its worker stops at its next checkpoint" if done["was"] == "running" else ""
+    typer.echo(
+        f"job {done['id']} ({done['bag']}): cancelled, "
+        f"{done['removed']} staged objects removed{note}"
+    )

@@ -39,7 +39,6 @@ _ARCHIVE_SUFFIXES = {
     ".txz": "tar",
     ".zip": "zip",
 }
-_SERIALIZATION = {None: "tar", "gzip": "tar.gz", "bzip2": "tar.bz2", "xz": "tar.xz"}
 _MANIFEST_ALGORITHM = re.compile(r"(?:tag)?manifest-(.+)\.txt")
 
 
@@ -192,7 +191,7 @@ def read_tar(path: Path, algorithms: tuple[str, ...] = ALGORITHMS) -> BagRead:
         for member, reader in tar:
             bag.add(member.path, reader, algorithms)
     bag.problems = list(tar.problems)
-    bag.serialization = _SERIALIZATION[tar.compression]
+    bag.serialization = tar.serialization
     bag.payload_dir = "data" in tar.dirs
     bag.name_mismatch = _name_mismatch(path, tar.top)
     return bag

@@ -5,6 +5,10 @@ workers never run the same job at once; the lease is renewed at every
 checkpoint. A worker that dies leaves its lease behind: another takes the job
 when the lease runs out, or at once when the owner was a process on this host
 that no longer exists.
+
+A job cancelled by an operator loses its lease with its ``running`` status, so
+the worker's next checkpoint (:func:`renew`) raises :class:`LeaseLost` and the
+worker stops there, before the job stores anything.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from stagebox.errors import Conflict, InvalidInput, NotFound
@@ -33,9 +37,12 @@ from stagebox.server.db.models import (
 from stagebox.server.services.context import ServerContext
 from stagebox.storage import StorageBackend
 
-ENDED = (IngestStatus.succeeded, IngestStatus.failed)
+ENDED = (IngestStatus.succeeded, IngestStatus.failed, IngestStatus.cancelled)
 STAGES = tuple(s for s in IngestStage if s is not IngestStage.done)
-BAG_SUFFIXES = (".tar",)
+# What discovery takes for a bag; the job's profile judges the serialization.
+BAG_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# A job may be cancelled until it begins to store its files.
+CANCELLABLE = (IngestStage.stage, IngestStage.validate, IngestStage.verify)
 
 
 def worker_id() -> str:
@@ -61,7 +68,7 @@ def _owner_is_gone(owner: str | None) -> bool:
 
 
 def bag_name(key: str) -> str:
-    """The bag's name: the tar's file name without ``.tar``."""
+    """The bag's name: the tar's file name without ``.tar``, ``.tar.gz`` or ``.tgz``."""
     name = PurePosixPath(key).name
     for suffix in BAG_SUFFIXES:
         if name.endswith(suffix):
@@ -203,7 +210,11 @@ def remove_staged(staging: StorageBackend, job_id: int) -> int:
 def discover(
     ctx: ServerContext, boxes: Boxes, *, profile: dict[str, Any] | None, delete_received: bool
 ) -> list[int]:
-    """One job per ``.tar`` in the receiving box that has none for its version."""
+    """The jobs still to run for the bags in the receiving box (:data:`BAG_SUFFIXES`).
+
+    A bag whose version has no job gets one; a job that has already ended is
+    left out, so a bag that failed long ago is no part of a later run.
+    """
     receiving = ctx.backend(boxes.receiving)
     found = []
     for obj in sorted(receiving.list(), key=lambda o: o.key):
@@ -215,7 +226,8 @@ def discover(
             )
         except NotFound:
             continue  # gone between the listing and the look
-        found.append(job.id)
+        if job.status not in ENDED:
+            found.append(job.id)
     return found
 
 
@@ -321,7 +333,11 @@ def release(ctx: ServerContext, job_id: int, owner: str) -> None:
     with ctx.catalog.session() as s:
         s.execute(
             update(IngestJob)
-            .where(IngestJob.id == job_id, IngestJob.lease_owner == owner)
+            .where(
+                IngestJob.id == job_id,
+                IngestJob.lease_owner == owner,
+                IngestJob.status == IngestStatus.running,
+            )
             .values(
                 status=IngestStatus.pending,
                 lease_owner=None,
@@ -360,6 +376,122 @@ def requeue(ctx: ServerContext, job_id: int, stage: str | None = None) -> Ingest
         job.errors = []
         job.error_count = 0
         return job
+
+
+def _why_not_cancel(job: IngestJob) -> str | None:
+    """Why ``job`` cannot be cancelled, or None when it can."""
+    what = f"job {job.id} ({job.bag})"
+    if job.status == IngestStatus.succeeded:
+        return f"{what} has succeeded: its files are stored, there is nothing to cancel"
+    if job.status == IngestStatus.cancelled:
+        return f"{what} is already cancelled"
+    if job.superseded_by is not None:
+        return f"{what} was superseded by job {job.superseded_by}: there is nothing to cancel"
+    if job.stage not in CANCELLABLE:
+        return (
+            f"{what} has reached stage {job.stage}, where its files are stored: too late to "
+            "cancel (requeue it to finish)"
+        )
+    return None
+
+
+def cancel(ctx: ServerContext, job_id: int) -> dict[str, Any]:
+    """Stop a job before it stores anything: its staged objects are deleted, its
+    record stays with status ``cancelled``.
+
+    A pending, running or failed job may be cancelled until it reaches the store
+    stage; anything else raises :class:`InvalidInput` naming why. A worker
+    running the job stops at its next checkpoint and deletes what it staged
+    meanwhile. Returns ``id``, ``bag``, ``was`` (the status before) and
+    ``removed`` (staged objects deleted now).
+    """
+    with ctx.catalog.session() as s:
+        job = s.get(IngestJob, job_id)
+        if job is None:
+            raise NotFound(f"no ingest job {job_id}")
+        why = _why_not_cancel(job)
+        if why is not None:
+            raise InvalidInput("JOB", why, job_id)
+        was, bag, staging_box_id = job.status, job.bag, job.staging_box_id
+        # Conditional, like claim and renew: a worker moving the job on to its
+        # store stage meanwhile wins, and the cancel is refused.
+        done = s.execute(
+            update(IngestJob)
+            .where(
+                IngestJob.id == job_id,
+                IngestJob.status == was,
+                IngestJob.stage.in_(CANCELLABLE),
+            )
+            .values(
+                status=IngestStatus.cancelled,
+                lease_owner=None,
+                lease_until=None,
+                next_attempt_at=None,
+                finished_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            s.rollback()
+            s.refresh(job)
+            raise InvalidInput("JOB", _why_not_cancel(job) or f"job {job_id} changed: try again")
+        s.execute(delete(IngestFile).where(IngestFile.job_id == job_id))
+    removed = remove_staged(ctx.backend(staging_box_id), job_id)
+    return {"id": job_id, "bag": bag, "was": was, "removed": removed}
+
+
+def amount(size: int) -> str:
+    """``size`` bytes for a person: ``812 B``, ``3.4 MiB``, ``1.2 GiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Ending:
+    """What became of one job: its id, the bag's key, its status and one line of why."""
+
+    id: int
+    bag: str
+    status: str
+    what: str
+
+
+def _ending(session: Session, job: IngestJob) -> Ending:
+    what = str(job.status)
+    if job.status == IngestStatus.succeeded:
+        count, size = session.execute(
+            select(func.count(IngestFile.id), func.coalesce(func.sum(IngestFile.size), 0)).where(
+                IngestFile.job_id == job.id
+            )
+        ).one()
+        unchanged = session.scalar(
+            select(func.count(IngestFile.id)).where(
+                IngestFile.job_id == job.id, IngestFile.state == "unchanged"
+            )
+        )
+        kept = f" ({unchanged} unchanged)" if unchanged else ""
+        what = f"stored {count} files, {amount(size)}{kept}"
+    elif job.status == IngestStatus.failed:
+        why = job.errors[-1] if job.errors else "no reason recorded"
+        if job.error_count > 1:
+            why += f" ({job.error_count} errors: stagebox ingest show {job.id})"
+        what = f"failed: {why}"
+    return Ending(job.id, job.bag, job.status, what)
+
+
+def endings(ctx: ServerContext, job_ids: Iterable[int]) -> list[Ending]:
+    """What became of each job, in id order: ``stored 12 files, 3.4 MiB``,
+    ``failed: <why>`` (the last error, and how many there were), ``cancelled``,
+    or its status while it has not ended."""
+    with ctx.catalog.session() as s:
+        found = s.scalars(
+            select(IngestJob).where(IngestJob.id.in_(list(job_ids))).order_by(IngestJob.id)
+        )
+        return [_ending(s, job) for job in found]
 
 
 def job_view(job: IngestJob) -> dict[str, Any]:

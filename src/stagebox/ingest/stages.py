@@ -9,6 +9,9 @@ killed anywhere resumes at its stage and skips what was checkpointed:
 - ``stage`` re-streams the tar to reach the files not yet staged, after
   deleting whatever a killed attempt wrote past its last checkpoint;
 - ``verify`` and ``store`` go on from the first file not yet marked.
+
+A tar gone from the receiving box when an attempt comes to read it ends the
+job ``failed`` at once: no retry could find it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from stagebox.checksums import BUFFER_SIZE, MultiHasher
-from stagebox.errors import StageboxError, StorageError
+from stagebox.errors import NotFound, StageboxError, StorageError
 from stagebox.ingest import jobs
 from stagebox.ingest.bagit import ALGORITHMS, BagEntry, Problem, Profile, validate
 from stagebox.ingest.digests import BagHasher, HashLane
@@ -46,7 +49,9 @@ WRITEBACK_FROM = 1 << 20
 KEY_TRIES = 100  # versions of one file passed over, found taken, before the store gives up
 UUID_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
-Progress = Callable[[int, str], None]
+# What a job is doing, told as it happens: (job id, the bag's key, what).
+Progress = Callable[[int, str, str], None]
+REMOVED = "removed from the receiving box"
 
 
 class InvalidBag(StageboxError):
@@ -55,6 +60,10 @@ class InvalidBag(StageboxError):
 
 class Stopped(StageboxError):
     """The worker was asked to stop; the job goes back to the queue as it stands."""
+
+
+class BagRemoved(NotFound):
+    """The bag's tar is no longer in the receiving box; retrying cannot help."""
 
 
 class StagedCopyBad(StorageError):
@@ -116,6 +125,10 @@ class Attempt:
         if self.stop is not None and self.stop.is_set():
             raise Stopped(f"job {self.job.id}: stopped at a checkpoint")
 
+    def say(self, what: str) -> None:
+        if self.progress:
+            self.progress(self.job.id, self.job.bag, what)
+
     def due(self, pending: int) -> bool:
         return pending >= CHECKPOINT_FILES or time.monotonic() - self._last >= CHECKPOINT_SECONDS
 
@@ -123,8 +136,7 @@ class Attempt:
         with self.ctx.catalog.session() as s:
             self.checkpoint(s, stage=stage, **values)
         self.job.stage = stage
-        if self.progress:
-            self.progress(self.job.id, f"stage {stage}")
+        self.say(f"stage {stage}")
 
 
 def _files(session: Session, job_id: int, *columns: Any, where: Any = None) -> list[Any]:
@@ -253,7 +265,10 @@ def run_stage(attempt: Attempt) -> None:
     previous = _previous_files(attempt)
     rows: list[dict[str, Any]] = []
     counts = {"read": 0, "staged": 0}
-    reader = _CountingReader(attempt.receiving.open_read(job.bag))
+    try:
+        reader = _CountingReader(attempt.receiving.open_read(job.bag))
+    except NotFound:
+        raise BagRemoved(REMOVED) from None
 
     def save(session: Session, **values: Any) -> None:
         if rows:
@@ -302,13 +317,18 @@ def run_stage(attempt: Attempt) -> None:
                 if attempt.due(len(rows)):
                     with attempt.ctx.catalog.session() as s:
                         save(s)
-                    if attempt.progress:
-                        attempt.progress(job.id, f"staged {member.path}")
+                    attempt.say(f"staged {member.path}")
     finally:
         reader.close()
     problems = [[p.path, p.rule] for p in (*tar.problems, *extra)]
     with attempt.ctx.catalog.session() as s:
-        save(s, problems=problems, payload_dir="data" in tar.dirs, stage=IngestStage.validate)
+        save(
+            s,
+            problems=problems,
+            payload_dir="data" in tar.dirs,
+            serialization=tar.serialization,
+            stage=IngestStage.validate,
+        )
     attempt.job.stage = IngestStage.validate
 
 
@@ -323,6 +343,7 @@ def run_validate(attempt: Attempt) -> None:
         assert fresh is not None
         problems = [Problem(path, rule) for path, rule in fresh.problems]
         payload_dir = fresh.payload_dir
+        serialization = fresh.serialization or "tar"  # staged before it was recorded
         tags = set(
             s.scalars(select(IngestFile.path).where(IngestFile.job_id == job.id, IngestFile.is_tag))
         )
@@ -346,7 +367,7 @@ def run_validate(attempt: Attempt) -> None:
         read_tag,
         profile,
         structural=problems,
-        serialization="tar",
+        serialization=serialization,
         payload_dir=payload_dir or None,
     )
     warnings = [str(w) for w in report.warnings][:ERROR_CAP]
@@ -569,12 +590,17 @@ def _stages(attempt: Attempt) -> Iterator[Callable[[Attempt], None]]:
         yield STAGES[attempt.job.stage]
 
 
-def _attempt_failed(ctx: ServerContext, job_id: int, owner: str, exc: BaseException) -> str:
-    """Record a failed attempt: retry later with backoff, or fail for an operator."""
+def _attempt_failed(
+    ctx: ServerContext, job_id: int, owner: str, exc: BaseException
+) -> tuple[str, str]:
+    """Record a failed attempt: retry later with backoff, or fail for an operator.
+
+    Returns the outcome and what to tell of it.
+    """
     with ctx.catalog.session() as s:
         job = s.get(IngestJob, job_id)
-        if job is None or job.lease_owner != owner:
-            return "lost"
+        if job is None or job.lease_owner != owner or job.status != IngestStatus.running:
+            return "lost", ""
         message = f"attempt {job.attempts} at {job.stage}: {exc}"
         job.errors = [*job.errors, message][-ERROR_CAP:]
         job.error_count += 1
@@ -583,11 +609,49 @@ def _attempt_failed(ctx: ServerContext, job_id: int, owner: str, exc: BaseExcept
         if job.attempts > ctx.settings.ingest_retries:
             job.status = IngestStatus.failed
             job.finished_at = utcnow()
-            return "failed"
+            return "failed", ""
         delay = ctx.settings.ingest_backoff * 2 ** (job.attempts - 1)
         job.status = IngestStatus.pending
         job.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
-        return "retry"
+        return "retry", f"{message}; retrying in {delay:g} s"
+
+
+def _removed(attempt: Attempt) -> str:
+    """The tar left the receiving box: the job fails now, keeping nothing staged."""
+    job = attempt.job
+    with attempt.ctx.catalog.session() as s:
+        s.execute(delete(IngestFile).where(IngestFile.job_id == job.id))
+        # Not a checkpoint: a stop request must not put the job back in the queue.
+        jobs.renew(
+            s,
+            attempt.ctx,
+            job.id,
+            attempt.owner,
+            status=IngestStatus.failed,
+            errors=[*job.errors, REMOVED][-ERROR_CAP:],
+            error_count=IngestJob.error_count + 1,
+            finished_at=utcnow(),
+            lease_owner=None,
+        )
+    jobs.remove_staged(attempt.staging, job.id)
+    return "failed"
+
+
+def _lost(attempt: Attempt) -> tuple[str, str]:
+    """The job was taken away mid-attempt: what by, after cleaning up if it was ours to."""
+    with attempt.ctx.catalog.session() as s:
+        fresh = s.get(IngestJob, attempt.job.id)
+        status = fresh.status if fresh is not None else None
+        superseded = fresh.superseded_by if fresh is not None else None
+    # Nobody else removes what this attempt staged after the cancel or the
+    # newer version's submit had removed what was there.
+    if status == IngestStatus.cancelled:
+        jobs.remove_staged(attempt.staging, attempt.job.id)
+        return "cancelled", "cancelled: stopped without storing anything"
+    if superseded is not None:
+        jobs.remove_staged(attempt.staging, attempt.job.id)
+        return "lost", f"superseded by job {superseded}"
+    return "lost", "taken over by another worker"
 
 
 def run_job(
@@ -601,31 +665,39 @@ def run_job(
 
     Returns what became of it: ``succeeded``, ``invalid``, ``retry``,
     ``failed``, ``busy`` (someone else holds it), ``lost`` (superseded or
-    requeued mid-attempt) or ``stopped`` (``stop`` was set; the job is pending
-    again from its last checkpoint, and the attempt does not count).
+    requeued mid-attempt), ``cancelled`` (an operator cancelled it mid-attempt)
+    or ``stopped`` (``stop`` was set; the job is pending again from its last
+    checkpoint, and the attempt does not count). ``progress`` hears each step
+    and, at the end, one line saying what became of the job and why.
     """
     job = jobs.claim(ctx, job_id, owner)
     if job is None:
         return "busy"
     attempt = Attempt(ctx, job, owner, progress, stop)
-    if progress:
-        progress(job.id, f"attempt {job.attempts} from stage {job.stage}")
+    attempt.say(f"attempt {job.attempts} from stage {job.stage}")
+    outcome, told = "succeeded", ""
     try:
         for stage in _stages(attempt):
             stage(attempt)
     except InvalidBag:
-        return "invalid"
+        outcome = "invalid"
+    except BagRemoved:
+        try:
+            outcome = _removed(attempt)
+        except jobs.LeaseLost:
+            outcome, told = _lost(attempt)
     except Stopped:
         jobs.release(ctx, job_id, owner)
-        return "stopped"
+        outcome, told = "stopped", f"stopped at stage {attempt.job.stage}; pending again"
     except jobs.LeaseLost:
-        with ctx.catalog.session() as s:
-            fresh = s.get(IngestJob, job_id)
-            superseded = fresh is not None and fresh.superseded_by is not None
-        if superseded:
-            jobs.remove_staged(attempt.staging, attempt.job.id)
-        return "lost"
+        outcome, told = _lost(attempt)
     except Exception as exc:
         log.warning("job %s: attempt failed at %s: %s", job_id, attempt.job.stage, exc)
-        return _attempt_failed(ctx, job_id, owner, exc)
-    return "succeeded"
+        outcome, told = _attempt_failed(ctx, job_id, owner, exc)
+        if outcome == "lost":
+            outcome, told = _lost(attempt)
+    if not told:
+        (end,) = jobs.endings(ctx, [job_id])
+        told = end.what
+    attempt.say(told)
+    return outcome

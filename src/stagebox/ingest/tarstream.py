@@ -23,6 +23,8 @@ from stagebox.ingest.bagtree import BagTree, shown
 from stagebox.ingest.problems import Problem
 
 CHUNK = 1 << 20
+# A tar's serialization, in BagIt profile terms, by the compression its first bytes show.
+SERIALIZATION = {None: "tar", "gzip": "tar.gz", "bzip2": "tar.bz2", "xz": "tar.xz"}
 
 # What a damaged archive raises from tarfile and the decompressors. The source
 # stream's own OSErrors are wrapped in _SourceFailed first, so they still raise.
@@ -264,7 +266,8 @@ class TarBag:
     ``top`` is the bag's single top-level directory once an entry named it;
     ``dirs`` the directories seen under it (``"data"``, ``"data/a"``);
     ``problems`` every refused entry and structural error, in order;
-    ``compression`` is ``"gzip"``, ``"bzip2"``, ``"xz"`` or None.
+    ``compression`` is ``"gzip"``, ``"bzip2"``, ``"xz"`` or None, and
+    ``serialization`` what a BagIt profile calls it (``"tar"``, ``"tar.gz"``...).
     ``name`` (default ``"<tar>"``) names the archive in structural problems.
     """
 
@@ -279,6 +282,12 @@ class TarBag:
     @property
     def top(self) -> str | None:
         return self._tree.top
+
+    @property
+    def serialization(self) -> str:
+        """The archive's serialization as a profile's Accept-Serialization names it,
+        known from the first bytes read."""
+        return SERIALIZATION[self.compression]
 
     @property
     def dirs(self) -> set[str]:

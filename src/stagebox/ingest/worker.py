@@ -82,7 +82,8 @@ class IngestRun:
     def run(self, once: bool) -> dict[int, str]:
         """Ingest until every job found has ended (``once``) or until stopped.
 
-        Returns the status of each job this run watched.
+        Returns the status of each job this run watched: those that had not
+        ended when it found them (a job that ended in an earlier run is left out).
         """
         tune_allocator()
         owner = jobs.worker_id()
@@ -90,9 +91,7 @@ class IngestRun:
 
         def task(job_id: int) -> None:
             try:
-                outcome = stages.run_job(self.ctx, job_id, owner, self.progress, self.stop)
-                if self.progress:
-                    self.progress(job_id, outcome)
+                stages.run_job(self.ctx, job_id, owner, self.progress, self.stop)
             finally:
                 wake.set()
 
@@ -125,5 +124,6 @@ class IngestRun:
 
 
 def exit_code(outcome: dict[int, str]) -> int:
-    """0 only when every watched job succeeded."""
-    return 0 if all(status == IngestStatus.succeeded for status in outcome.values()) else 1
+    """1 when a job this run watched ended ``failed``, else 0 (a cancelled job is
+    an operator's choice, not a failure)."""
+    return 1 if any(status == IngestStatus.failed for status in outcome.values()) else 0

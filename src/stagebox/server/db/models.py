@@ -223,10 +223,13 @@ class Replica(Base):
 
 
 class IngestStatus(enum.StrEnum):
+    """``cancelled``: an operator stopped the job before it stored anything."""
+
     pending = "pending"
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
+    cancelled = "cancelled"
 
 
 class IngestStage(enum.StrEnum):
@@ -270,10 +273,12 @@ class IngestJob(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_staged: Mapped[int] = mapped_column(BigInteger, default=0)
-    # What the tar reader refused while staging, as [entry, rule] pairs, and
-    # whether the tar held a data/ directory: kept for the validate stage.
+    # What the tar reader refused while staging, as [entry, rule] pairs, whether
+    # the tar held a data/ directory and its serialization (tar, tar.gz...):
+    # kept for the validate stage.
     problems: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
     payload_dir: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    serialization: Mapped[str | None] = mapped_column(String(16), nullable=True)
     errors: Mapped[list[str]] = mapped_column(JSON, default=list)
     error_count: Mapped[int] = mapped_column(Integer, default=0)
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
