@@ -43,7 +43,10 @@ _state: dict[str, Path | None] = {"data_dir": None}
 @app.callback()
 def ingest(
     data_dir: Annotated[
-        Path | None, typer.Option(help="the server's data dir (or STAGEBOX_DATA_DIR)")
+        Path | None,
+        typer.Option(
+            help="the server's data dir (or STAGEBOX_DATA_DIR, or data_dir in STAGEBOX_CONFIG)"
+        ),
     ] = None,
 ) -> None:
     _state["data_dir"] = data_dir
@@ -92,7 +95,11 @@ def run(
     ] = False,
     poll: Annotated[float, typer.Option(min=0.1, help="seconds between looks for new bags")] = 5.0,
 ) -> None:
-    """Find new tars in the receiving box and ingest each one (exit 0 only if all succeed)."""
+    """Find new tars (.tar, .tar.gz, .tgz) in the receiving box and ingest each one.
+
+    Exits 1 when a job this run took ended failed; a job that failed in an
+    earlier run is left for an operator (requeue or cancel).
+    """
     from stagebox.ingest.worker import IngestRun, exit_code
 
     ctx = _context(_state["data_dir"])
