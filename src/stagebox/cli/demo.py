@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stagebox.cli.output import print_table
+
 SAMPLE = {
     "Alice/Exp-2026-11/Dataset-A/image_0001.tif": 256 * 1024,
     "Alice/Exp-2026-11/Dataset-A/image_0002.tif": 256 * 1024,
@@ -32,6 +34,7 @@ def _make_sample(root: Path) -> None:
 
 def demo() -> None:
     """Start a server on a temporary data dir, upload a sample tree, show the catalog."""
+    import stagebox.server.app  # noqa: F401 - here, so a client-only install is told at once
     from stagebox.server.process import ServerProcess, stagebox_cmd
 
     console = Console()
@@ -41,6 +44,7 @@ def demo() -> None:
         _make_sample(src)
         env = {**os.environ, "STAGEBOX_STATE_DIR": str(root / "client-state")}
         server = ServerProcess(data_dir)
+        server.admin("init")
         token = server.add_uploader("demo-pc")
         url = server.url
         console.print(f"[bold]server[/] {url}  data dir {data_dir}")
@@ -77,4 +81,4 @@ def _show_catalog(console: Console, url: str, token: str) -> None:
             i["state"],
             (i["sha256"] or "")[:16] + "…",
         )
-    console.print(table)
+    print_table(table)

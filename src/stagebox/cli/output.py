@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
@@ -15,3 +20,20 @@ def print_table(table: Table, stderr: bool = False) -> None:
     if needed > console.width:
         console = Console(stderr=stderr, width=needed)
     console.print(table)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT until the block ends, so their handler (which raises)
+    never cuts a write of a ``--json`` document in half. A no-op off the main thread
+    and where the platform cannot mask signals (Windows)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

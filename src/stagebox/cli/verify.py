@@ -13,9 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from stagebox.cli import options as opt
+from stagebox.cli.output import print_table, signals_held
 from stagebox.client.api import StageboxClient
 from stagebox.client.receipt import STATES, Receipt, Verifier
 from stagebox.client.scan import Omission, scan
+from stagebox.errors import StageboxError
 
 SHOWN = 200
 
@@ -45,28 +47,45 @@ def verify(
     counts: Counter[str] = Counter()
     out = sys.stdout
     shown: list[Receipt] = []
+
+    def totals() -> dict[str, int]:
+        return {
+            "files": sum(counts.values()),
+            **{s: counts[s] for s in STATES},
+            "omitted": len(omissions),
+        }
+
+    def json_tail(**tail: object) -> None:
+        with signals_held():
+            out.write("\n], " + json.dumps(tail)[1:] + "\n")
+            out.flush()
+
     try:
         if as_json:
-            out.write('{"files": [')
+            with signals_held():
+                out.write('{"files": [')
         for i, receipt in enumerate(Verifier(client, threads=threads).run(found)):
-            counts[receipt.state] += 1
             if as_json:
-                out.write(("\n" if i == 0 else ",\n") + json.dumps(receipt.to_json()))
-            elif (show_all or receipt.state != "stored") and len(shown) < SHOWN:
+                with signals_held():  # written and counted, or neither
+                    out.write(("\n" if i == 0 else ",\n") + json.dumps(receipt.to_json()))
+                    counts[receipt.state] += 1
+                continue
+            counts[receipt.state] += 1
+            if (show_all or receipt.state != "stored") and len(shown) < SHOWN:
                 shown.append(receipt)
         found.check_structure()
+    except (StageboxError, KeyboardInterrupt) as exc:
+        if as_json:  # a run cut short still prints one whole JSON document
+            json_tail(totals=totals(), ok=False, error=str(exc) or "interrupted")
+        raise
     finally:
         client.close()
     unreadable = counts["unreadable"] + found.unreadable
     ok = sum(counts.values()) == counts["stored"] and found.unreadable == 0
-    totals = {"files": sum(counts.values()), **{s: counts[s] for s in STATES}}
-    totals["omitted"] = len(omissions)
     if as_json:
-        tail = {"omitted": [o.to_json() for o in omissions], "totals": totals, "ok": ok}
-        out.write("\n], " + json.dumps(tail)[1:] + "\n")
-        out.flush()
+        json_tail(omitted=[o.to_json() for o in omissions], totals=totals(), ok=ok)
     else:
-        _render(shown, omissions, totals, unreadable)
+        _render(shown, omissions, totals(), unreadable)
     raise typer.Exit(0 if ok else 1)
 
 
@@ -78,14 +97,14 @@ def _render(
         table = Table("state", "file", "detail")
         for r in shown:
             table.add_row(r.state, r.file.display, r.detail or "")
-        console.print(table)
+        print_table(table)
     for o in omissions[:20]:
         console.print(f"omitted ({o.reason}): {o.path}" + (f": {o.detail}" if o.detail else ""))
     if len(omissions) > 20:
         console.print(f"... and {len(omissions) - 20} more omitted")
     summary = Table(*totals)
     summary.add_row(*(str(v) for v in totals.values()))
-    console.print(summary)
+    print_table(summary)
     bad = totals["files"] - totals["stored"]
     if bad or unreadable:
         console.print(f"NOT all stored: {bad} file(s) not stored as they are here")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from itertools import islice
 
 from stagebox.client.api import StageboxClient
-from stagebox.client.scan import LocalFile
+from stagebox.client.scan import SOURCE_OPEN_FLAGS, LocalFile
 
 BATCH = 1000
 READ_SIZE = 1 << 20
@@ -60,21 +60,18 @@ def file_sha256(file: LocalFile) -> tuple[int, str]:
     Read into one reused buffer: on a warm page cache this is as fast as hashing
     a mapping of the file, and memory stays at the buffer.
     """
-    fd = os.open(file.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
+    with os.fdopen(os.open(file.path, SOURCE_OPEN_FLAGS), "rb", buffering=0) as f:
+        st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise OSError(f"{file.path} is no longer a regular file")
         h = hashlib.sha256()
         buffer = bytearray(min(READ_SIZE, st.st_size + 1))
         view = memoryview(buffer)
         size = 0
-        while n := os.readv(fd, [buffer]):
+        while n := f.readinto(buffer):
             h.update(view[:n])
             size += n
         return size, h.hexdigest()
-    finally:
-        os.close(fd)
 
 
 def _hashed(file: LocalFile) -> tuple[LocalFile, int, str | None, str | None]:

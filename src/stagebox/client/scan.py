@@ -29,6 +29,16 @@ STRUCTURES: dict[str, tuple[str, ...]] = {
 }
 SYMLINKS = ("skip", "follow")
 
+# How a source file is opened for reading: never through a symlink swapped in
+# after the scan (where the platform can say so: Windows has no O_NOFOLLOW, and
+# the scan already refused links there), never inherited, always binary.
+SOURCE_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+
 UNREADABLE = "unreadable"
 # Why an entry was not uploaded. Only "unreadable" is a failure of the run: the
 # others are what the user's rules and options asked for, or cannot be sent.
