@@ -629,13 +629,15 @@ def test_bad_declared_sha256_or_owner_is_400_naming_the_field(
     assert_kept_intact(server, api, kept)
 
 
-def test_content_of_a_version_that_does_not_exist_is_400_naming_version(
+def test_content_of_a_version_that_does_not_exist_is_404_naming_the_versions(
     server: StageboxServer, api: httpx.Client, kept: Kept
 ):
     # when version 7 of a path with one version is asked for
     resp = api.get(f"/api/v1/datafiles/{kept.id}/content", params={"version": 7})
-    # then it is 400 naming version and the versions there are
-    assert_invalid(resp, "version", "versions 1 to 1")
+    # then it is 404 naming the versions there are
+    assert resp.status_code == 404, resp.text
+    assert "no version 7" in resp.json()["detail"]
+    assert "versions 1 to 1" in resp.json()["detail"]
     assert api.get(f"/api/v1/datafiles/{kept.id}/content", params={"version": 1}).content == (
         kept.data
     )

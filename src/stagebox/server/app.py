@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from stagebox import __version__, errors
 from stagebox.config import Settings
 from stagebox.server.api import admin, datafiles, health, registrations, tus
 from stagebox.server.runtime import Runtime
+
+ROUTERS = (health.router, datafiles.router, tus.router, registrations.router, admin.router)
 
 # Most specific first: the first matching class decides the status.
 STATUS: list[tuple[type[errors.StageboxError], int]] = [
@@ -47,6 +52,31 @@ async def _stagebox_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def allowed_methods(path: str) -> list[str]:
+    """Every method some route answers at ``path``."""
+    return sorted(
+        {
+            method
+            for router in ROUTERS
+            for route in router.routes
+            if isinstance(route, APIRoute) and route.path_regex.match(path)
+            for method in route.methods or ()
+        }
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answers, as described: a 400 (a body that cannot be parsed) names
+    the field and the rule like every other 400, and a 405's Allow names the
+    methods of every route at the path (Starlette's, those of the first it tried)."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 400:
+        return await _stagebox_error(request, errors.InvalidInput("body", str(exc.detail)))
+    if exc.status_code == 405:
+        exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(request.url.path))}
+    return await http_exception_handler(request, exc)
+
+
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     """Build the app. The runtime (catalog, tasks, sweep) starts with the server."""
 
@@ -62,9 +92,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     app = FastAPI(title="stagebox", version=__version__, lifespan=lifespan)
     app.add_exception_handler(errors.StageboxError, _stagebox_error)
-    app.include_router(health.router)
-    app.include_router(datafiles.router)
-    app.include_router(tus.router)
-    app.include_router(registrations.router)
-    app.include_router(admin.router)
+    app.add_exception_handler(HTTPException, _http_error)
+    for router in ROUTERS:
+        app.include_router(router)
     return app

@@ -12,10 +12,12 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from stagebox.errors import Conflict, InvalidInput, LengthExceeded
+from stagebox.server.api.openapi import UPLOADER_TOKEN, Answers, CatalogId, answers
 from stagebox.server.api.streaming import pump
 from stagebox.server.db.models import ReplicaState
 from stagebox.server.deps import BaseUrlDep, CtxDep, UploaderDep
 from stagebox.server.schemas import (
+    MAX_INT,
     BatchAnswer,
     BatchRegister,
     BundleAnswer,
@@ -28,8 +30,28 @@ from stagebox.server.schemas import (
 )
 from stagebox.server.services import bundles, datafiles
 
-router = APIRouter(prefix="/api/v1/datafiles", tags=["datafiles"])
+router = APIRouter(
+    prefix="/api/v1/datafiles",
+    tags=["datafiles"],
+    dependencies=[UPLOADER_TOKEN],
+    responses=answers(401),
+)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Ids are digits in the route itself, so /batch, /check and /bundle are never
+# taken for one (a GET there is 405, not 422).
+ID = "{datafile_id:int}"
+BUNDLE_BODY = {
+    "required": True,
+    "content": {bundles.CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    "description": "a manifest and the files' bytes (see stagebox.wire)",
+}
+RANGES: Answers = {
+    206: {
+        "description": "The bytes of a single `Range: bytes=a-b`.",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    416: {"description": "The range lies outside the file (Content-Range says its size)."},
+}
 
 
 def _lean(answer: BaseModel) -> Response:
@@ -38,7 +60,12 @@ def _lean(answer: BaseModel) -> Response:
     return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
 
 
-@router.post("/batch", response_model=BatchAnswer, response_model_exclude_none=True)
+@router.post(
+    "/batch",
+    response_model=BatchAnswer,
+    response_model_exclude_none=True,
+    responses=answers(400, 403, 409),
+)
 def register_batch(
     body: BatchRegister, ctx: CtxDep, uploader: UploaderDep, base: BaseUrlDep
 ) -> Response:
@@ -51,7 +78,12 @@ def register_batch(
     return _lean(BatchAnswer(files=answers))
 
 
-@router.post("/check", response_model=CheckAnswers, response_model_exclude_none=True)
+@router.post(
+    "/check",
+    response_model=CheckAnswers,
+    response_model_exclude_none=True,
+    responses=answers(400),
+)
 def check_batch(body: CheckBatch, ctx: CtxDep, uploader: UploaderDep) -> Response:
     """Up to 1,000 local files (size, sha256): is the newest stored version of each
     one these bytes? Answers come from the catalog's recorded digests."""
@@ -59,7 +91,12 @@ def check_batch(body: CheckBatch, ctx: CtxDep, uploader: UploaderDep) -> Respons
         return _lean(CheckAnswers(files=datafiles.check_batch(session, uploader, body.files)))
 
 
-@router.post("/bundle", response_model=BundleAnswer)
+@router.post(
+    "/bundle",
+    response_model=BundleAnswer,
+    responses=answers(400, 404, 413),
+    openapi_extra={"requestBody": BUNDLE_BODY},
+)
 async def upload_bundle(request: Request, ctx: CtxDep, uploader: UploaderDep) -> BundleAnswer:
     """Upload many registered small files in one body (see services.bundles)."""
     if request.headers.get("content-type") != bundles.CONTENT_TYPE:
@@ -76,30 +113,35 @@ async def upload_bundle(request: Request, ctx: CtxDep, uploader: UploaderDep) ->
     return BundleAnswer(files=await run_in_threadpool(receiver.finish))
 
 
-@router.post("/bundle/staged")
+@router.post("/bundle/staged", responses=answers(400, 403, 404, 413))
 def staged_bundle(body: StagedBundle, ctx: CtxDep, uploader: UploaderDep) -> BundleAnswer:
     """Verify and store a bundle the uploader wrote into its sftp staging directory."""
     return BundleAnswer(files=bundles.receive_staged(ctx, uploader, body.path))
 
 
-@router.post("/{datafile_id}/complete")
+@router.post(f"/{ID}/complete", responses=answers(400, 404, 409))
 def complete(
-    datafile_id: int, body: CompleteRequest, ctx: CtxDep, uploader: UploaderDep
+    datafile_id: CatalogId, body: CompleteRequest, ctx: CtxDep, uploader: UploaderDep
 ) -> DatafilePublic:
     """Declare the client's digests; the answer carries the resulting state."""
     return datafiles.complete(ctx, uploader, datafile_id, body.sha256, body.md5)
 
 
-@router.get("")
+@router.get("", responses=answers(400))
 def list_datafiles(
     ctx: CtxDep,
     uploader: UploaderDep,
     dataset: str | None = None,
     owner: str | None = None,
     experiment: str | None = None,
-    state: str | None = None,
-    versions: str = Query("latest", description="latest (one row a path) or all"),
-    cursor: str | None = None,
+    # state and versions are checked by the service (a 400 naming the field).
+    state: str | None = Query(None, json_schema_extra={"enum": list(ReplicaState)}),
+    versions: str = Query(
+        "latest",
+        description="latest (one row a path) or all",
+        json_schema_extra={"enum": ["latest", "all"]},
+    ),
+    cursor: int | None = Query(None, ge=0, le=MAX_INT, description="next_cursor of a page"),
     limit: int = Query(100, ge=1, le=1000),
 ) -> DatafilePage:
     """The newest version of each path; ``versions=all`` lists every version."""
@@ -112,7 +154,7 @@ def list_datafiles(
             experiment=experiment,
             state=state,
             versions=versions,
-            cursor=cursor,
+            cursor=None if cursor is None else str(cursor),
             limit=limit,
         )
 
@@ -120,9 +162,9 @@ def list_datafiles(
 SETTLING = (ReplicaState.staged, ReplicaState.verified)
 
 
-@router.get("/{datafile_id}")
+@router.get(f"/{ID}", responses=answers(404))
 def get_datafile(
-    datafile_id: int,
+    datafile_id: CatalogId,
     ctx: CtxDep,
     uploader: UploaderDep,
     base: BaseUrlDep,
@@ -139,13 +181,28 @@ def get_datafile(
         time.sleep(0.02)
 
 
-@router.get("/{datafile_id}/content")
+@router.get(
+    f"/{ID}/content",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The stored bytes.",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        },
+        **RANGES,
+        **answers(404, 409),
+    },
+)
 def content(
-    datafile_id: int,
+    datafile_id: CatalogId,
     request: Request,
     ctx: CtxDep,
     uploader: UploaderDep,
-    version: int | None = Query(None, ge=1, description="another version of the same path"),
+    version: int | None = Query(
+        None, ge=1, le=MAX_INT, description="another version of the same path"
+    ),
 ) -> Response:
     """Stream the stored bytes; a single ``Range: bytes=a-b`` is honoured."""
     with ctx.catalog.session() as session:

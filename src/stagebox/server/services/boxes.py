@@ -21,6 +21,9 @@ _USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _URL = re.compile(r"^https?://[A-Za-z0-9.:\[\]_-]+(/[^\s]*)?$")
 _REGION = re.compile(r"^[a-z0-9-]{2,32}$")
+# Linux's PATH_MAX less its NUL, and NAME_MAX: longer cannot be created.
+MAX_PATH = 4095
+MAX_NAME = 255
 
 
 def _absolute(value: str, field: str) -> str:
@@ -31,6 +34,10 @@ def _absolute(value: str, field: str) -> str:
             field,
             "may hold only letters, digits and . _ / + @ % = , : - (no spaces, quotes or '..')",
             value,
+        )
+    if len(value) > MAX_PATH or any(len(part) > MAX_NAME for part in value.split("/")):
+        raise InvalidInput(
+            field, f"must be at most {MAX_PATH} bytes, {MAX_NAME} between two slashes", value
         )
     return value.rstrip("/") or "/"
 
@@ -87,7 +94,10 @@ def add_box(
             sftp_user=sftp_user,
             sftp_root=_absolute(sftp_root or attributes["path"], "sftp_root"),
         )
-    Path(attributes["path"]).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(attributes["path"]).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput("path", f"cannot be created ({exc.strerror})", path) from None
     return _add(session, name, backend, role, attributes)
 
 

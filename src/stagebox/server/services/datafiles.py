@@ -801,9 +801,7 @@ def version_of(session: Session, uploader: Uploader, datafile_id: int, version: 
                 Datafile.filename == datafile.filename,
             )
         )
-        raise InvalidInput(
-            "version", f"datafile {datafile_id} has versions 1 to {newest}", str(version)
-        )
+        raise NotFound(f"no version {version}: datafile {datafile_id} has versions 1 to {newest}")
     return found
 
 

@@ -60,11 +60,17 @@ def revoke_uploader(session: Session, name: str) -> Uploader:
     return uploader
 
 
-def _describe(value: str, field: str, limit: int) -> str:
-    value = (value or "").strip()
+# The longest value of each machine field an uploader may describe.
+MACHINE_LIMITS = {"hostname": 255, "os": 255, "mac_address": 64, "client_version": 64}
+
+
+def _describe(value: str, field: str) -> str:
+    """The value stripped; the rule is checked on the value as sent, as described."""
+    value = value or ""
+    limit = MACHINE_LIMITS[field]
     if len(value) > limit or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise InvalidInput(field, f"must be at most {limit} printable characters", value)
-    return value
+    return value.strip()
 
 
 def describe(
@@ -77,10 +83,10 @@ def describe(
     client_version: str,
 ) -> Uploader:
     """Record the machine an uploader runs on (what an admin sees before approving)."""
-    uploader.hostname = _describe(hostname, "hostname", 255)
-    uploader.os = _describe(os, "os", 255)
-    uploader.mac_address = _describe(mac_address, "mac_address", 64)
-    uploader.client_version = _describe(client_version, "client_version", 64)
+    uploader.hostname = _describe(hostname, "hostname")
+    uploader.os = _describe(os, "os")
+    uploader.mac_address = _describe(mac_address, "mac_address")
+    uploader.client_version = _describe(client_version, "client_version")
     session.flush()
     return uploader
 
