@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from stagebox.cli import admin, bag, demo, ingest, packages, register, serve, upload, verify
+from stagebox.cli import admin, bag, demo, ingest, packages, register, serve, upload, verify, watch
 from stagebox.errors import ConfigError, Forbidden, InvalidInput, StageboxError
 
 app = typer.Typer(
@@ -19,6 +19,8 @@ app = typer.Typer(
 app.command("serve")(serve.serve)
 app.command("upload")(upload.upload)
 app.command("verify")(verify.verify)
+app.command("watch")(watch.watch)
+app.command("status")(watch.status)
 app.command("register")(register.register)
 app.command("demo")(demo.demo)
 app.command("pack")(packages.pack_command)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-import ssl
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, TextIO
 
@@ -26,13 +29,103 @@ from rich.progress import (
 from rich.table import Table
 
 from stagebox.cli import options as opt
+from stagebox.cli.output import signals_held
+from stagebox.client import settings
 from stagebox.client.api import StageboxClient
 from stagebox.client.journal import Journal
-from stagebox.client.progress import ProgressEvent
-from stagebox.client.scan import REASONS, Omission, scan
+from stagebox.client.progress import ProgressCallback, ProgressEvent
+from stagebox.client.scan import REASONS, LocalFile, Omission, scan
 from stagebox.client.sftp_plan import plan
 from stagebox.client.uploader import Uploader, UploadOptions, UploadReport
-from stagebox.errors import ConfigError, InvalidInput, StageboxError
+from stagebox.errors import InvalidInput, StageboxError
+
+METHODS = ("auto", "sftp", "http")
+
+# How files are sent: `upload` and `watch` take the same options.
+Threads = Annotated[int, typer.Option(help="files in flight", min=1, max=64)]
+BwLimit = Annotated[
+    float, typer.Option(help="cap the send rate at MB/s (all threads); 0 = no cap", min=0)
+]
+Method = Annotated[
+    str | None,
+    typer.Option(
+        help="auto (sftp when approved, else http) | sftp | http (or STAGEBOX_METHOD) "
+        "[default: auto]"
+    ),
+]
+AcceptNewHostKey = Annotated[
+    bool, typer.Option(help="record an sftp staging host's key at first contact")
+]
+KnownHosts = Annotated[Path | None, typer.Option(help="known_hosts for staging hosts (config dir)")]
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    """Where and how ``upload`` and ``watch`` send files, resolved and checked."""
+
+    target: opt.Target
+    threads: int = 5
+    bwlimit: float = 0.0  # MB/s for all threads together; 0 = no cap
+    method: str = "auto"
+    known_hosts: Path | None = None
+    accept_new_host_key: bool = False
+
+
+def upload_settings(
+    server: str | None,
+    token: str | None,
+    cacert: Path | None,
+    threads: int,
+    bwlimit: float,
+    method: str | None,
+    known_hosts: Path | None,
+    accept_new_host_key: bool,
+) -> UploadSettings:
+    """The sending options of a command line, by precedence; a bad one is one line."""
+    to = opt.target(server, token, cacert)
+    chosen = settings.resolve("method", method) or "auto"
+    if chosen not in METHODS:
+        raise InvalidInput("--method", "must be auto, sftp or http", chosen)
+    return UploadSettings(to, threads, bwlimit, chosen, known_hosts, accept_new_host_key)
+
+
+def upload_pass(
+    how: UploadSettings,
+    files: Iterable[LocalFile],
+    progress: ProgressCallback,
+    notice: Callable[[str], None],
+    journal: Journal | None = None,
+) -> UploadReport:
+    """Send ``files`` once, as ``stagebox upload`` does, and return the report.
+
+    Opens a client, chooses how to stage (sftp when approved, else http, with
+    the reason given to ``notice``), runs the :class:`Uploader` with the
+    server's journal (``journal``, or one opened and closed here), and closes
+    what it opened, also when it raises. Every file's result has gone to
+    ``progress`` by the time it returns or raises.
+    """
+    with ExitStack() as opened:
+        to = how.target
+        client = StageboxClient(to.server, to.token, threads=how.threads, verify_tls=to.tls)
+        opened.callback(client.close)
+        chosen = plan(
+            client,
+            how.method,
+            known_hosts=how.known_hosts,
+            accept_new_host_key=how.accept_new_host_key,
+        )
+        opened.callback(chosen.close)
+        if chosen.notice:
+            notice(chosen.notice)
+        if journal is None:
+            journal = Journal.for_server(to.server)
+            opened.callback(journal.close)
+        options = UploadOptions(
+            threads=how.threads, bwlimit=how.bwlimit * 1e6, method=chosen.method
+        )
+        uploader = Uploader(client, journal, options, progress, chosen.transport_factory)
+        return uploader.run(files)
+    raise AssertionError("unreachable")  # for mypy: an ExitStack could swallow exceptions
 
 
 class RichProgress:
@@ -134,23 +227,36 @@ class JsonReport:
         self._out = out
         self._lock = threading.Lock()
         self._first = True
-        out.write('{"files": [')
+        self._opened = False
+        self._closed = False
+        self._started = time.monotonic()
+        # The totals of the files written, for a run cut short before it reports.
+        self.so_far = UploadReport()
+
+    def _open(self) -> None:
+        # Written with the first file or the close, never alone: a run stopped
+        # at any moment leaves either nothing or a whole document.
+        if not self._opened:
+            self._out.write('{"files": [')
+            self._opened = True
 
     def __call__(self, event: ProgressEvent) -> None:
         if event.kind != "finished" or event.result is None:
             return
         line = json.dumps(event.result.to_json())
         with self._lock:
+            if self._closed:  # a thread finishing after a run was cut short
+                return
+            self._open()
             self._out.write(("\n" if self._first else ",\n") + line)
             self._first = False
+            self.so_far.add(event.result)
+            self.so_far.seconds = time.monotonic() - self._started
 
     def close(
         self, report: UploadReport, omissions: OmissionLog | None = None, error: str | None = None
     ) -> None:
         out = self._out
-        out.write('\n], "omitted": [')
-        if omissions is not None:
-            omissions.write_json_items(out)
         tail: dict[str, object] = {
             "totals": {
                 **report.totals(),
@@ -160,8 +266,15 @@ class JsonReport:
         }
         if error:
             tail["error"] = error
-        out.write("\n], " + json.dumps(tail)[1:] + "\n")
-        out.flush()
+        # Whole, even if a second SIGTERM or Ctrl-C comes while it is written.
+        with self._lock, signals_held():
+            self._closed = True
+            self._open()
+            out.write('\n], "omitted": [')
+            if omissions is not None:
+                omissions.write_json_items(out)
+            out.write("\n], " + json.dumps(tail)[1:] + "\n")
+            out.flush()
 
 
 def render(report: UploadReport, omissions: OmissionLog, console: Console) -> None:
@@ -193,80 +306,56 @@ def render(report: UploadReport, omissions: OmissionLog, console: Console) -> No
 
 def upload(
     src: Annotated[Path, typer.Argument(help="folder to upload")],
-    server: opt.Server,
+    server: opt.Server = None,
     token: opt.Token = None,
-    structure: opt.Structure = "dataset",
+    structure: opt.Structure = None,
     dataset: opt.Dataset = None,
     include: opt.Include = None,
     exclude: opt.Exclude = None,
     min_age: opt.MinAge = 0.0,
     symlinks: opt.Symlinks = "skip",
-    threads: Annotated[int, typer.Option(help="files in flight", min=1, max=64)] = 5,
-    bwlimit: Annotated[
-        float, typer.Option(help="cap the send rate at MB/s (all threads); 0 = no cap", min=0)
-    ] = 0.0,
+    threads: Threads = 5,
+    bwlimit: BwLimit = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON report")] = False,
     cacert: opt.CaCert = None,
-    method: Annotated[
-        str, typer.Option(help="auto (sftp when approved, else http) | sftp | http")
-    ] = "auto",
-    accept_new_host_key: Annotated[
-        bool, typer.Option(help="record an sftp staging host's key at first contact")
-    ] = False,
-    known_hosts: Annotated[
-        Path | None, typer.Option(help="known_hosts for staging hosts (config dir)")
-    ] = None,
+    method: Method = None,
+    accept_new_host_key: AcceptNewHostKey = False,
+    known_hosts: KnownHosts = None,
 ) -> None:
     """Upload SRC; exit 0 only when every file ends verified or skipped.
 
     Whatever the scan leaves out is reported with why; an entry that cannot be
     read makes the run exit 1, a structure that finds no dataset exits 2.
     """
-    if not token:
-        raise ConfigError("no token: pass --token or set STAGEBOX_TOKEN")
+    how = upload_settings(
+        server, token, cacert, threads, bwlimit, method, known_hosts, accept_new_host_key
+    )
     rules = opt.scan_rules(structure, dataset, include, exclude, min_age, symlinks)
-    if method not in ("auto", "sftp", "http"):
-        raise InvalidInput("--method", "must be auto, sftp or http", method)
     # SRC is checked before any server is asked anything.
     omissions = OmissionLog()
-    files = scan(src, rules, omitted=omissions)
-    tls = ssl.create_default_context(cafile=str(cacert)) if cacert else True
-    client = StageboxClient(server, token, threads=threads, verify_tls=tls)
     console = Console(stderr=True)
     try:
-        chosen = plan(
-            client, method, known_hosts=known_hosts, accept_new_host_key=accept_new_host_key
-        )
-    except BaseException:
-        client.close()
-        omissions.close()
-        raise
-    if chosen.notice:
-        console.print(chosen.notice)
-    options = UploadOptions(threads=threads, bwlimit=bwlimit * 1e6, method=chosen.method)
-    journal = Journal.for_server(server)
-    factory = chosen.transport_factory
-    try:
+        files = scan(src, rules, omitted=omissions)
         if as_json:
             stream = JsonReport(sys.stdout)
-            uploader = Uploader(client, journal, options, stream, factory)
+            report: UploadReport | None = None
             try:
-                report = uploader.run(files)
+                report = upload_pass(how, files, stream, console.print)
                 files.check_structure()
-            except StageboxError as exc:
-                stream.close(uploader.report, omissions, error=str(exc))
+            except (StageboxError, KeyboardInterrupt) as exc:
+                # A run cut short (by an error, Ctrl-C or SIGTERM) still prints one
+                # whole JSON document, its totals those of the files it lists.
+                error = str(exc) or "interrupted"
+                stream.close(report or stream.so_far, omissions, error=error)
                 raise
             stream.close(report, omissions)
         else:
-            bars = RichProgress(console, options.small_file_bytes)
+            bars = RichProgress(console, UploadOptions().small_file_bytes)
             with bars.progress:
-                report = Uploader(client, journal, options, bars, factory).run(files)
+                report = upload_pass(how, files, bars, console.print)
             files.check_structure()
             render(report, omissions, Console())
     finally:
-        chosen.close()
-        client.close()
-        journal.close()
         omissions.close()
     # An entry that could not be read may hold data: the run did not do its job.
     raise typer.Exit(0 if report.ok and not files.unreadable else 1)
