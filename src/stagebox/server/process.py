@@ -151,7 +151,12 @@ class ServerProcess:
         self.proc = None
 
     def admin(self, *args: str) -> str:
-        """Run ``stagebox admin --data-dir DIR ARGS``; returns its stdout."""
+        """Run ``stagebox admin --data-dir DIR ARGS``; returns its stdout.
+
+        The data dir is made first if it does not exist yet (``admin init``), as a
+        facility does once before anything else."""
+        if args != ("init",) and not (self.data_dir / "catalog.db").exists():
+            self.admin("init")
         out = subprocess.run(
             stagebox_cmd("admin", "--data-dir", str(self.data_dir), *args),
             check=True,
