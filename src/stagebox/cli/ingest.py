@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stagebox.cli.output import print_table
+
 if TYPE_CHECKING:
     from stagebox.ingest.jobs import Boxes
     from stagebox.server.services.context import ServerContext
@@ -175,7 +177,7 @@ def list_(
             str(row["bytes_read"]),
             str(row["error_count"]),
         )
-    Console().print(table)
+    print_table(table)
 
 
 @app.command("show")
@@ -200,7 +202,7 @@ def show(
     table = Table("path", "uuid", "size", "sha256", "state")
     for f in view["files"]:
         table.add_row(f["path"], f["uuid"], str(f["size"]), f["sha256"][:16], f["state"])
-    out.print(table)
+    print_table(table)
 
 
 @app.command("requeue")
