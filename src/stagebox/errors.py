@@ -19,7 +19,9 @@ happen, so callers never need to import them::
     ├── StorageError           a storage backend failed
     │   └── KeyEscapesRoot     a key would resolve outside its box
     └── TransportError         the client could not talk to the server
-        ├── ConnectionFailed   refused, reset, timed out (retryable)
+        ├── HostKeyError       an SSH host key is unknown or changed (never retried)
+        ├── ConnectionFailed   reset, disconnected, timed out (retryable)
+        │   └── Unreachable    refused, unknown host, not https: nothing answers there
         └── ServerError        the server answered with an error
 """
 
@@ -113,6 +115,20 @@ class HostKeyError(TransportError):
 
 class ConnectionFailed(TransportError):
     """The connection was refused, reset or timed out; worth retrying."""
+
+
+class Unreachable(ConnectionFailed):
+    """Nothing answers at ``url``: the connection was refused, the host name is
+    unknown, or the port does not speak https. Not retried while the server has
+    not answered once (it would only keep a user waiting); after that it is a
+    restart, retried like any ConnectionFailed. A watcher catches it and tries
+    again at its next scan."""
+
+    def __init__(self, url: str, reason: str, hint: str = "") -> None:
+        self.url = url
+        self.reason = reason
+        self.hint = hint
+        super().__init__(f"cannot reach {url} ({reason})" + (f": {hint}" if hint else ""))
 
 
 class ServerError(TransportError):

@@ -1,56 +1,98 @@
-"""A thin, retrying client of the stagebox HTTP API."""
+"""A thin, retrying client of the stagebox HTTP API.
+
+Failures that can pass (a reset or dropped connection, a timeout, 423, 5xx) are
+tried again with stamina's exponential backoff and jitter, and each retry is
+announced in one line: ``POST /api/v1/datafiles/batch: server answered 503;
+retry 1 in 0.2 s``, logged at WARNING (so it reaches stderr at the default
+verbosity) and told to the caller's listener. A server that is not there at all
+(:class:`~stagebox.errors.Unreachable`) fails at once, unless it answered before.
+"""
 
 from __future__ import annotations
 
 import logging
-import random
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
+import stamina
+from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
-from stagebox.errors import AuthError, ConfigError, ConnectionFailed, ServerError
-from stagebox.transports.http import connection_error, raise_for_status
+from stagebox.errors import (
+    AuthError,
+    ConfigError,
+    ConnectionFailed,
+    ServerError,
+    Unreachable,
+)
+from stagebox.transports.http import connection_error, raise_for_status, short_reason
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RETRYABLE_STATUS = {423, 500, 502, 503, 504}
+RETRYABLE_STATUS = frozenset({423, 500, 502, 503, 504})
 
 
-def retryable(exc: Exception) -> bool:
+def retryable(exc: BaseException) -> bool:
+    """Whether a failure can pass by itself, so that trying again is worth a wait:
+    a broken or timed-out connection, a locked upload (423), a failing server (5xx).
+    An :class:`Unreachable` server is not (see :meth:`StageboxClient.can_retry`)."""
+    if isinstance(exc, Unreachable):
+        return False
     if isinstance(exc, ConnectionFailed):
         return True
     return isinstance(exc, ServerError) and exc.status in RETRYABLE_STATUS
 
 
-class Backoff:
-    """Exponential backoff with jitter; ``attempts`` tries in all."""
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a failure that can pass is tried again: up to ``attempts`` tries
+    within ``timeout`` seconds, waiting ``wait_initial * 2**n`` plus up to
+    ``wait_jitter``, at most ``wait_max``, before try ``n + 1`` (stamina's backoff).
+    With the defaults, ten failures in a row cost about 22 s of waiting."""
 
-    def __init__(self, attempts: int = 10, base: float = 0.25, cap: float = 5.0) -> None:
-        self.attempts = attempts
-        self.base = base
-        self.cap = cap
+    attempts: int = 10
+    timeout: float | None = 120.0
+    wait_initial: float = 0.1
+    wait_max: float = 5.0
+    wait_jitter: float = 0.3
 
-    def delays(self) -> list[float]:
-        return [
-            min(self.cap, self.base * 2**i) * (0.5 + random.random() / 2)
-            for i in range(self.attempts - 1)
-        ]
 
-    def run(self, fn: Callable[[], T], what: str) -> T:
-        delays = self.delays()
-        for delay in [*delays, None]:
-            try:
-                return fn()
-            except Exception as exc:
-                if delay is None or not retryable(exc):
-                    raise
-                log.info("%s failed (%s); retrying in %.1fs", what, exc, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+@dataclass(frozen=True)
+class Retry:
+    """One retry about to happen: ``what`` failed with ``error``; retry ``number``
+    (1 after the first failure) follows in ``delay`` seconds."""
+
+    what: str
+    error: BaseException
+    number: int
+    delay: float
+
+    def __str__(self) -> str:
+        return f"{self.what}: {short_reason(self.error)}; retry {self.number} in {self.delay:.1f} s"
+
+
+OnRetry = Callable[[Retry], None]
+
+# stamina calls its hooks in the thread that is retrying, just before it waits;
+# this tells that thread's current StageboxClient.retrying call.
+_retrying = threading.local()
+
+
+def _announce(details: RetryDetails) -> None:
+    tell: Callable[[RetryDetails], None] | None = getattr(_retrying, "tell", None)
+    if tell is not None:
+        tell(details)
+
+
+# stagebox announces each retry itself, in one line. stamina's default hooks
+# would add a "stamina.retry_scheduled" record, or with structlog installed a
+# line on stdout, in the middle of a --json report.
+set_on_retry_hooks([_announce])
 
 
 class _Parts:
@@ -72,14 +114,17 @@ class StageboxClient:
         token: str,
         *,
         threads: int = 5,
-        backoff: Backoff | None = None,
+        retry: RetryPolicy | None = None,
         verify_tls: bool | ssl.SSLContext = True,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if not token:
             raise ConfigError("no token: pass --token or set STAGEBOX_TOKEN")
         self.server = server.rstrip("/")
-        self.backoff = backoff or Backoff()
+        self.retry = retry or RetryPolicy()
+        #: Whether the server has answered once: from then on a refused connection
+        #: is a restart, worth waiting for, not a wrong address.
+        self.reached = False
         limits = httpx.Limits(
             max_connections=threads * 2 + 2, max_keepalive_connections=threads * 2
         )
@@ -90,10 +135,56 @@ class StageboxClient:
             limits=limits,
             verify=verify_tls,
             transport=transport,
+            event_hooks={"response": [self._answered]},
         )
+
+    def _answered(self, _response: httpx.Response) -> None:
+        self.reached = True
 
     def close(self) -> None:
         self.http.close()
+
+    def can_retry(self, exc: BaseException) -> bool:
+        """:func:`retryable`, and :class:`Unreachable` too once the server has answered:
+        then it is restarting (or the network is coming back), not a wrong address."""
+        return retryable(exc) or (isinstance(exc, Unreachable) and self.reached)
+
+    def retrying(
+        self,
+        what: str,
+        fn: Callable[[], T],
+        *,
+        on: Callable[[BaseException], bool] | None = None,
+        on_retry: OnRetry | None = None,
+    ) -> T:
+        """``fn()``, called again after each failure that ``on`` (default
+        :meth:`can_retry`) accepts, until it succeeds or :attr:`retry` is spent;
+        then the last failure is raised. Each retry is announced in one line,
+        logged at WARNING and passed to ``on_retry``."""
+        policy = self.retry
+
+        def tell(details: RetryDetails) -> None:
+            retry = Retry(what, details.caused_by, details.retry_num, details.wait_for)
+            log.warning("%s", retry)
+            if on_retry is not None:
+                on_retry(retry)
+
+        outer = getattr(_retrying, "tell", None)
+        _retrying.tell = tell
+        try:
+            for attempt in stamina.retry_context(
+                on=on or self.can_retry,
+                attempts=policy.attempts,
+                timeout=policy.timeout,
+                wait_initial=policy.wait_initial,
+                wait_max=policy.wait_max,
+                wait_jitter=policy.wait_jitter,
+            ):
+                with attempt:
+                    return fn()
+        finally:
+            _retrying.tell = outer
+        raise AssertionError("unreachable")  # stamina raises the last failure
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         def once() -> httpx.Response:
@@ -106,7 +197,7 @@ class StageboxClient:
             raise_for_status(response)
             return response
 
-        return self.backoff.run(once, f"{method} {url}")
+        return self.retrying(f"{method} {url}", once)
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", "/api/v1/health").json()

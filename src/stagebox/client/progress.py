@@ -8,7 +8,7 @@ from typing import Literal
 
 from stagebox.client.scan import LocalFile
 
-EventKind = Literal["planned", "started", "advanced", "finished"]
+EventKind = Literal["planned", "started", "advanced", "retrying", "finished"]
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,17 @@ class FileResult:
 @dataclass(frozen=True)
 class ProgressEvent:
     """``planned``: ``files``/``nbytes`` more to process; ``started``/``advanced``
-    (``nbytes`` sent)/``finished`` (``result``) for one file."""
+    (``nbytes`` sent)/``finished`` (``result``) for one file; ``retrying``: an
+    attempt at the file failed and another follows, ``message`` says why and when
+    (``ds/big.bin: connection reset; retry 1 in 0.2 s``; the same line is logged
+    at WARNING by :mod:`stagebox.client.api`)."""
 
     kind: EventKind
     file: LocalFile | None = None
     nbytes: int = 0
     files: int = 0
     result: FileResult | None = None
+    message: str | None = None
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

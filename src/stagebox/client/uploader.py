@@ -7,11 +7,13 @@ is read once: the hash is taken from the bytes as they are sent.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from itertools import islice
 from typing import Any
 
 from stagebox.checksums import MultiHasher
-from stagebox.client.api import StageboxClient, retryable
+from stagebox.client.api import Retry, StageboxClient
 from stagebox.client.journal import Journal
 from stagebox.client.progress import FileResult, ProgressCallback, ProgressEvent, ignore
 from stagebox.client.scan import LocalFile
@@ -31,6 +33,7 @@ from stagebox.errors import (
     HostKeyError,
     ServerError,
     StageboxError,
+    Unreachable,
 )
 from stagebox.ratelimit import RateLimiter
 from stagebox.transports import Transport, TusTransport
@@ -40,7 +43,7 @@ log = logging.getLogger(__name__)
 
 REGISTER_BATCH = 1000
 # Failures that would fail every file the same way: stop the run instead.
-FATAL = (AuthError, ConfigError, HostKeyError)
+FATAL = (AuthError, ConfigError, HostKeyError, Unreachable)
 
 
 @dataclass
@@ -370,7 +373,7 @@ class Uploader:
             name = self._transport().put_bundle(parts)
             return self.client.staged_bundle(name)
 
-        return self.client.backoff.run(attempt, "bundle over sftp")
+        return self.client.retrying("bundle over sftp", attempt)
 
     def _transport(self) -> Transport:
         transport: Transport | None = getattr(self._local, "transport", None)
@@ -387,70 +390,125 @@ class Uploader:
         url = answer["sftp_path"] if self.options.method == "sftp" else answer["upload_url"]
         self.journal.record_upload(file.path, file.size, file.mtime_ns, answer["id"], url)
         transport = self._transport()
-        sent = 0
-        delays = self.client.backoff.delays()
-        while True:
-            try:
-                digests, n = self._stream(transport, file, url)
-                sent += n
-                break
-            except ChangedDuringUpload as exc:
-                transport.abandon()
-                self._discard(transport, url)
-                return self._finish(file, "failed", sent, str(exc))
-            except FATAL:
-                transport.abandon()
-                raise
-            except StageboxError as exc:
-                transport.abandon()
-                sent += getattr(exc, "bytes_sent", 0)
-                if not retryable(exc) or not delays:
-                    return self._finish(file, "failed", sent, str(exc))
-                delay = delays.pop(0)
-                log.info("%s: %s; resuming in %.1fs", file.display, exc, delay)
-                time.sleep(delay)
+        resume = _Resume()
+        try:
+            digests = self._resume(transport, file, url, resume)
+        except ChangedDuringUpload as exc:
+            self._discard(transport, url)
+            return self._finish(file, "failed", resume.sent, str(exc))
+        except FATAL:
+            raise
+        except StageboxError as exc:
+            return self._finish(file, "failed", resume.sent, str(exc))
         try:
             # The server may read the bytes back first (sftp), and promotes them:
             # only a file in permanent storage counts.
             outcome = self._settled(answer, self.client.complete(answer["id"], digests))
         except StageboxError as exc:
-            return self._finish(file, "failed", sent, str(exc))
+            return self._finish(file, "failed", resume.sent, str(exc))
         if outcome["state"] == "stored":
             self.journal.record_stored([(file, digests["sha256"], answer["id"])])
-            return self._finish(file, "verified", sent)
-        return self._finish(file, "failed", sent, self._left(outcome))
+            return self._finish(file, "verified", resume.sent)
+        return self._finish(file, "failed", resume.sent, self._left(outcome))
+
+    def _resume(
+        self, transport: Transport, file: LocalFile, url: str, resume: _Resume
+    ) -> dict[str, str]:
+        """Send the file, resuming at the server's offset after each failure that can
+        pass; returns its digests once the server holds every byte.
+
+        Failures are retried with the client's backoff. A run of attempts ends as
+        soon as the server holds more than when the run began, and the next run
+        starts with a fresh budget: a link that drops every few MiB still gets the
+        file through, one that moves nothing fails after the policy's attempts.
+        """
+        attempt = functools.partial(self._attempt, transport, file, url, resume)
+        on_retry = functools.partial(self._retrying, file)
+        while True:
+            resume.since = None
+            try:
+                digests = self.client.retrying(
+                    file.display, attempt, on=self._can_resume, on_retry=on_retry
+                )
+            except StageboxError as exc:
+                # The run's last attempt may have moved the offset forward too.
+                if not self._can_resume(exc) or not self._moved(transport, file, url, resume):
+                    raise
+                continue
+            if digests is not None:
+                return digests
+
+    def _can_resume(self, exc: BaseException) -> bool:
+        # A 409 is a tus offset conflict: an interrupted request went on writing
+        # after the HEAD that told where to resume. Asking again answers it.
+        return self.client.can_retry(exc) or (isinstance(exc, ServerError) and exc.status == 409)
+
+    def _retrying(self, file: LocalFile, retry: Retry) -> None:
+        self.progress(ProgressEvent("retrying", file=file, message=str(retry)))
+
+    def _attempt(
+        self, transport: Transport, file: LocalFile, url: str, resume: _Resume
+    ) -> dict[str, str] | None:
+        """One attempt: the digests once the server holds every byte, or None when
+        the server holds more than when this run of attempts began (ending the run)."""
+        try:
+            offset, resume.opened = resume.opened, None
+            if offset is None:
+                offset = transport.open(url, file.size)
+            if resume.since is None:
+                resume.since = offset
+            elif offset > resume.since:
+                resume.opened = offset  # the next run starts here without asking again
+                return None
+            return self._stream(transport, file, offset, resume)
+        except BaseException:
+            transport.abandon()
+            raise
+
+    def _moved(self, transport: Transport, file: LocalFile, url: str, resume: _Resume) -> bool:
+        """Whether the server now holds more than when the run of attempts began."""
+        try:
+            offset = transport.open(url, file.size)
+        except StageboxError:
+            return False
+        if resume.since is not None and offset > resume.since:
+            resume.opened = offset
+            return True
+        transport.abandon()
+        return False
 
     def _stream(
-        self, transport: Transport, file: LocalFile, url: str
-    ) -> tuple[dict[str, str], int]:
-        """One attempt: resume at the server's offset; returns digests and bytes sent."""
-        offset = transport.open(url, file.size)
-        hasher = MultiHasher(self.options.algorithms)
+        self, transport: Transport, file: LocalFile, offset: int, resume: _Resume
+    ) -> dict[str, str]:
+        """Send the file from ``offset`` (the bytes the server holds) to the end."""
+        hasher = resume.hasher_at(offset, self.options.algorithms)
         pos = offset
         with _open_source(file) as f:
-            # Re-hash the prefix the server already has instead of re-sending it.
-            if offset and hasher.update_from(f, offset) != offset:
+            # Hash the bytes the server already has, from the last state kept
+            # before them, instead of sending them again.
+            f.seek(hasher.length)
+            missing = offset - hasher.length
+            if hasher.update_from(f, missing) != missing:
                 raise ChangedDuringUpload("changed during upload (shorter than registered)")
-            try:
-                while pos < file.size:
-                    chunk = f.read(min(transport.chunk_size, file.size - pos))
-                    if not chunk:
-                        raise ChangedDuringUpload("changed during upload (shorter than registered)")
-                    hasher.update(chunk)
-                    self._limiter.consume(len(chunk))
-                    transport.write(pos, chunk)
-                    pos += len(chunk)
-                    self.progress(ProgressEvent("advanced", file=file, nbytes=len(chunk)))
-                if f.read(1):
-                    raise ChangedDuringUpload("changed during upload (longer than registered)")
-                _check_unchanged(f, file)
-            except StageboxError as exc:
-                exc.bytes_sent = pos - offset  # type: ignore[attr-defined]
-                raise
+            resume.confirm(hasher)
+            while pos < file.size:
+                chunk = f.read(min(transport.chunk_size, file.size - pos))
+                if not chunk:
+                    raise ChangedDuringUpload("changed during upload (shorter than registered)")
+                hasher.update(chunk)
+                self._limiter.consume(len(chunk))
+                transport.write(pos, chunk)
+                pos += len(chunk)
+                resume.sent += len(chunk)
+                resume.recent.append(hasher.copy())
+                self.progress(ProgressEvent("advanced", file=file, nbytes=len(chunk)))
+            if f.read(1):
+                raise ChangedDuringUpload("changed during upload (longer than registered)")
+            _check_unchanged(f, file)
             staged = transport.finish()
         if staged != file.size:
             raise ConnectionFailed(f"the server holds {staged} of {file.size} bytes; resuming")
-        return hasher.hexdigests(), pos - offset
+        return hasher.hexdigests()
 
     def _discard(self, transport: Transport, url: str) -> None:
         """Drop a half-sent upload of a file that changed, so no mix is ever stored."""
@@ -458,6 +516,38 @@ class Uploader:
             transport.discard(url)
         except StageboxError as exc:
             log.warning("could not discard %s: %s", url, exc)
+
+
+# Hash states kept at the ends of the last chunks sent: a resume re-reads at most
+# this many chunks to hash up to the server's offset, not the whole prefix.
+HASH_STATES_KEPT = 64
+
+
+@dataclass
+class _Resume:
+    """One file's resume loop: bytes handed to the transport so far, the server's
+    offset when the current run of attempts began, an offset the transport is
+    already open at (so the next attempt need not ask again), and hash states at
+    offsets a resume may start from."""
+
+    sent: int = 0
+    since: int | None = None
+    opened: int | None = None
+    # The state at the offset the server last confirmed (it never goes back),
+    # and at the end of each of the last chunks sent after it.
+    confirmed: MultiHasher | None = None
+    recent: deque[MultiHasher] = field(default_factory=lambda: deque(maxlen=HASH_STATES_KEPT))
+
+    def hasher_at(self, offset: int, algorithms: tuple[str, ...]) -> MultiHasher:
+        """A copy of the latest hash state at or before ``offset``."""
+        for state in (*reversed(self.recent), self.confirmed):
+            if state is not None and state.length <= offset:
+                return state.copy()
+        return MultiHasher(algorithms)
+
+    def confirm(self, hasher: MultiHasher) -> None:
+        self.confirmed = hasher.copy()
+        self.recent.clear()
 
 
 def _batched(items: Iterator[LocalFile], n: int) -> Iterator[list[LocalFile]]:

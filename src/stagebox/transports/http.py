@@ -9,30 +9,83 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
 
 import httpx
 
-from stagebox.errors import ConnectionFailed, ServerError, TransportError
+from stagebox.errors import ConnectionFailed, ServerError, TransportError, Unreachable
 from stagebox.transports.base import Transport
 
 TUS_HEADERS = {"Tus-Resumable": "1.0.0"}
 _DONE = object()
 
 
-def connection_error(what: str, exc: httpx.TransportError) -> TransportError:
-    """Map an httpx failure into the tree: a refused or broken connection is
-    worth retrying, a certificate the client does not trust is not."""
+# How OpenSSL says that the peer answered a TLS hello with something else (plain http).
+_NOT_TLS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"}
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
     cause: BaseException | None = exc
     while cause is not None:
+        yield cause
+        cause = cause.__cause__ or cause.__context__
+
+
+def _unreachable(exc: httpx.TransportError, cause: BaseException) -> Unreachable | None:
+    """An Unreachable if ``cause`` says nothing answers at the request's origin."""
+    try:
+        url = exc.request.url
+    except RuntimeError:  # raised outside a request: no origin to name
+        return None
+    origin = f"{url.scheme}://{url.netloc.decode('ascii')}"
+    if isinstance(cause, ConnectionRefusedError):
+        return Unreachable(origin, "connection refused", "is stagebox serve running there?")
+    if isinstance(cause, socket.gaierror):
+        return Unreachable(origin, f"unknown host {url.host}", "check the server URL")
+    if isinstance(cause, ssl.SSLError) and cause.reason in _NOT_TLS:
+        hint = f"try http://{url.netloc.decode('ascii')}"
+        return Unreachable(origin, "the port does not speak https", hint)
+    return None
+
+
+def connection_error(what: str, exc: httpx.TransportError) -> TransportError:
+    """Map an httpx failure into the tree.
+
+    Nothing listening, an unknown host name, or a plain-http port asked for TLS
+    is :class:`Unreachable`; a certificate the client does not trust is a
+    :class:`TransportError` (never retried); any other broken connection (reset,
+    disconnected, timed out) is a :class:`ConnectionFailed`, worth retrying.
+    """
+    for cause in _causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
             return TransportError(
                 f"{what}: {cause.verify_message or cause} (CERTIFICATE_VERIFY_FAILED)"
             )
-        cause = cause.__cause__ or cause.__context__
+        if (unreachable := _unreachable(exc, cause)) is not None:
+            return unreachable
     return ConnectionFailed(f"{what}: {exc}")
+
+
+def short_reason(exc: BaseException) -> str:
+    """A few words for why a request failed, for a retry line: ``connection reset``,
+    ``server disconnected``, ``timed out``, ``server answered 503``."""
+    if isinstance(exc, ServerError):
+        return f"server answered {exc.status}"
+    if isinstance(exc, Unreachable):
+        return exc.reason
+    for cause in _causes(exc):
+        if isinstance(cause, httpx.TimeoutException):
+            return "timed out"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset"
+        if isinstance(cause, BrokenPipeError):
+            return "connection broken"
+        if isinstance(cause, httpx.RemoteProtocolError) and "disconnected" in str(cause):
+            return "server disconnected"
+    return str(exc)
 
 
 def raise_for_status(response: httpx.Response) -> None:
