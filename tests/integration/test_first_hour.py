@@ -7,7 +7,9 @@ configuration errors, and never a traceback; settings follow one precedence
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import stat
 import subprocess
 from pathlib import Path
@@ -254,9 +256,7 @@ def test_an_instrument_pc_runs_upload_with_nothing_more(
     down = f"http://127.0.0.1:{free_port()}"
     refused = run("verify", str(tree), env={**env, "STAGEBOX_SERVER": down})
     assert refused.returncode == 1 and down in refused.stderr
-    flagged = run(
-        "verify", str(tree), "--server", server.url, env={**env, "STAGEBOX_SERVER": down}
-    )
+    flagged = run("verify", str(tree), "--server", server.url, env={**env, "STAGEBOX_SERVER": down})
     assert flagged.returncode == 0, flagged.stderr
     bad_token = run("verify", str(tree), env={**env, "STAGEBOX_TOKEN": "sbx_nope"})
     assert bad_token.returncode != 0
@@ -291,3 +291,31 @@ def test_a_bad_client_config_file_is_one_line(tree: Path):
     one_line_error(run("upload", str(tree)), 2, str(path), "not valid TOML")
     path.write_text('colour = "blue"\n')
     one_line_error(run("upload", str(tree)), 2, str(path), "unknown setting 'colour'")
+
+
+@pytest.mark.parametrize("command", ["upload", "verify"])
+def test_a_terminated_json_run_still_prints_one_document(
+    server: StageboxServer, token: str, tmp_path: Path, state_dir: Path, command: str
+):
+    src = tmp_path / "many"
+    for d in range(20):
+        (src / f"ds{d}").mkdir(parents=True)
+        for i in range(400):
+            (src / f"ds{d}" / f"f{i}.dat").write_bytes(os.urandom(2000))
+    proc = subprocess.Popen(
+        stagebox_cmd(command, str(src), "--server", server.url, "--token", token, "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "STAGEBOX_STATE_DIR": str(state_dir)},
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.read(1)  # the run has begun writing its document
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()  # not communicate(): it would skip what read(1) buffered
+    err = proc.stderr.read() if proc.stderr else b""
+    proc.wait(timeout=60)
+    document = json.loads(first + rest)
+    assert proc.returncode == 143, err
+    assert len(document["files"]) == document["totals"]["files"] < 20 * 400  # cut short
+    assert "interrupted" in document.get("error", ""), document.keys()
+    assert b"Traceback" not in err
