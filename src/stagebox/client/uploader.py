@@ -24,7 +24,7 @@ from stagebox.checksums import MultiHasher
 from stagebox.client.api import Retry, StageboxClient
 from stagebox.client.journal import Journal
 from stagebox.client.progress import FileResult, ProgressCallback, ProgressEvent, ignore
-from stagebox.client.scan import LocalFile
+from stagebox.client.scan import SOURCE_OPEN_FLAGS, LocalFile
 from stagebox.errors import (
     AuthError,
     ChangedDuringUpload,
@@ -106,7 +106,7 @@ class UploadReport:
 def _open_source(file: LocalFile) -> Any:
     """Open without following symlinks, and insist it is still the same regular file."""
     try:
-        fd = os.open(file.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(file.path, SOURCE_OPEN_FLAGS)
     except OSError as exc:
         raise ChangedDuringUpload(f"cannot open: {exc.strerror}") from exc
     st = os.fstat(fd)
