@@ -64,9 +64,14 @@ def cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedP
     return done
 
 
+def run_argv(data_dir: Path) -> list[str]:
+    """``stagebox ingest run`` from the inbox through the s3 staging box to s3keep."""
+    return ["ingest", "--data-dir", str(data_dir), "run", "--receiving", "inbox",
+            "--staging", "s3stage", "--permanent", "s3keep"]  # fmt: skip
+
+
 def ingest(data_dir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return cli(data_dir, "ingest", "--data-dir", str(data_dir), "run", "--receiving", "inbox",
-               "--staging", "s3stage", "--permanent", "s3keep", *extra, check=check)  # fmt: skip
+    return cli(data_dir, *run_argv(data_dir), *extra, check=check)
 
 
 def show(data_dir: Path, job_id: int) -> dict:
@@ -108,21 +113,7 @@ def test_a_worker_killed_mid_stage_is_resumed_and_each_file_staged_once(s3, data
     payload = {f"part{i:03}.bin": os.urandom(400_000 + i) for i in range(120)}
     deposit(s3, data_dir, tmp_path, "big", payload)
     worker = subprocess.Popen(
-        stagebox_cmd(
-            "ingest",
-            "--data-dir",
-            str(data_dir),
-            "run",
-            "--receiving",
-            "inbox",
-            "--staging",
-            "s3stage",
-            "--permanent",
-            "s3keep",
-            "--once",
-            "--profile",
-            "none",
-        ),  # fmt: skip
+        stagebox_cmd(*run_argv(data_dir), "--once", "--profile", "none"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -176,21 +167,7 @@ def test_a_job_cancelled_mid_stage_stops_without_storing_and_stays_cancelled(
     log = tmp_path / "worker.err"
     with log.open("w") as err:
         worker = subprocess.Popen(
-            stagebox_cmd(
-                "ingest",
-                "--data-dir",
-                str(data_dir),
-                "run",
-                "--receiving",
-                "inbox",
-                "--staging",
-                "s3stage",
-                "--permanent",
-                "s3keep",
-                "--once",
-                "--profile",
-                "none",
-            ),  # fmt: skip
+            stagebox_cmd(*run_argv(data_dir), "--once", "--profile", "none"),
             stdout=subprocess.DEVNULL,
             stderr=err,
             start_new_session=True,
