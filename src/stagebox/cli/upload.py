@@ -352,7 +352,11 @@ def upload(
         else:
             bars = RichProgress(console, UploadOptions().small_file_bytes)
             with bars.progress:
-                report = upload_pass(how, files, bars, console.print)
+                try:
+                    report = upload_pass(how, files, bars, console.print)
+                except BaseException:
+                    bars.progress.live.transient = True  # a failed run ends in its error line
+                    raise
             files.check_structure()
             render(report, omissions, Console())
     finally:
