@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -176,7 +177,7 @@ def setting_origin(name: str, **overrides: Any) -> str:
     return setting_source(name, flags, _read_config_file())
 
 
-def open_data_dir(settings: Settings, origin: str, init: bool = False) -> Settings:
+def open_data_dir(settings: Settings, origin: Callable[[], str], init: bool = False) -> Settings:
     """Refuse a data dir that does not exist yet, unless ``init`` says to create it.
 
     A mistyped or forgotten ``--data-dir`` would otherwise make a fresh, empty
@@ -190,7 +191,7 @@ def open_data_dir(settings: Settings, origin: str, init: bool = False) -> Settin
         return settings
     if not init:
         raise ConfigError(
-            f"no stagebox data dir at {data_dir} (data_dir from {origin}): point --data-dir, "
+            f"no stagebox data dir at {data_dir} (data_dir from {origin()}): point --data-dir, "
             f"STAGEBOX_DATA_DIR or the config file at the server's, or create one with: "
             f"stagebox admin --data-dir {data_dir} init"
         )
@@ -204,4 +205,5 @@ def open_data_dir(settings: Settings, origin: str, init: bool = False) -> Settin
 def server_settings(init: bool = False, **flags: Any) -> Settings:
     """Settings for a command that works on the server's data dir (serve, admin, ingest)."""
     settings = load_settings(**flags)
-    return open_data_dir(settings, setting_origin("data_dir", **flags), init)
+    # Where data_dir came from is worked out only for the message that needs it.
+    return open_data_dir(settings, lambda: setting_origin("data_dir", **flags), init)

@@ -11,6 +11,7 @@ mode 0600 and replaced atomically.
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from dataclasses import dataclass
@@ -55,8 +56,13 @@ def config_file() -> Path:
 
 
 def read_file(path: Path | None = None) -> dict[str, str]:
-    """The config file's settings; an absent file is an empty one."""
-    path = path or config_file()
+    """The config file's settings; an absent file is an empty one. Read once per
+    process: a command resolves several settings from it."""
+    return dict(_read(path or config_file()))
+
+
+@functools.cache
+def _read(path: Path) -> dict[str, str]:
     try:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -87,6 +93,8 @@ def write_file(values: dict[str, str], path: Path | None = None) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _read.cache_clear()
     return path
 
 
