@@ -41,7 +41,7 @@ def consumed(request: Request) -> tuple[bytes, BaseException | None]:
     return bytes(got), error
 
 
-def test_a_whole_body_is_consumed_in_order():
+def test_a_whole_body_is_consumed_in_order() -> None:
     chunks = [bytes([i]) * (1 << 20) for i in range(9)]
     got, error = consumed(a_request(chunks, disconnect=False))
     assert error is None
@@ -49,7 +49,7 @@ def test_a_whole_body_is_consumed_in_order():
 
 
 @pytest.mark.parametrize("size", [1, 3 << 20, PIECE, PIECE + 5, 2 * PIECE + (1 << 20)])
-def test_a_body_cut_short_keeps_every_byte_that_arrived(size: int):
+def test_a_body_cut_short_keeps_every_byte_that_arrived(size: int) -> None:
     # given a client that sends `size` bytes and goes away (less than a piece, or more)
     data = bytes(i % 251 for i in range(size))
     chunks = [data[i : i + 65536] for i in range(0, size, 65536)]
