@@ -80,6 +80,7 @@ def validate(
     serialization: str | None = None,
     fast: bool = False,
     payload_dir: bool | None = None,
+    name_mismatch: str | None = None,
 ) -> Report:
     """Judge a bag from its recorded entries.
 
@@ -91,11 +92,17 @@ def validate(
     directory) feeds the profile's Serialization rules. ``fast`` skips every
     digest comparison. ``payload_dir`` says whether ``data/`` exists; None
     infers it from ``entries`` (so a bag whose data/ is empty needs True).
+    ``name_mismatch`` says how an archive's top directory differs from the
+    archive's name: a warning, or an error where the profile requires them alike.
     """
     report = Report(errors=list(structural))
-    summary = _Validation(entries, read_tag, report, fast).run(payload_dir, serialization)
+    summary = _Validation(entries, read_tag, report, fast).run(
+        payload_dir, serialization, name_mismatch
+    )
     if profile is not None:
         profile.check(summary, report)
+    if name_mismatch and not (profile is not None and profile.tar_dir_must_match_name):
+        report.warn("", name_mismatch)
     return report
 
 
@@ -116,9 +123,8 @@ def validate_path(path: Path, profile: Profile | None = None, *, fast: bool = Fa
         serialization=bag.serialization,
         fast=fast,
         payload_dir=bag.payload_dir,
+        name_mismatch=bag.name_mismatch,
     )
-    if bag.name_mismatch:
-        report.warn("", bag.name_mismatch)
     return report
 
 
@@ -157,6 +163,7 @@ class _Validation:
         self.tag_files = frozenset(p for p in entries if not p.startswith("data/"))
         self.version: tuple[int, int] | None = None
         self.encoding = "utf-8"
+        self._parsed: dict[str, list[tuple[str, str]] | None] = {}
 
     @property
     def rules(self) -> tuple[int, int]:
@@ -165,7 +172,9 @@ class _Validation:
             return NEWEST
         return self.version
 
-    def run(self, payload_dir: bool | None, serialization: str | None) -> BagSummary:
+    def run(
+        self, payload_dir: bool | None, serialization: str | None, name_mismatch: str | None
+    ) -> BagSummary:
         report = self.report
         report.payload_files = len(self.payload)
         report.payload_bytes = sum(e.size for e in self.payload.values())
@@ -175,10 +184,8 @@ class _Validation:
         elif not (bool(self.payload) if payload_dir is None else payload_dir):
             report.error("data/", "missing (required by BagIt: the payload directory)")
         info_name = "package-info.txt" if self.rules < (0, 96) else "bag-info.txt"
-        info = None
-        if info_name in self.entries:
-            text = self._text(info_name)
-            info = parse_tags(info_name, text, report) if text is not None else []
+        info = self.tags(info_name)
+        if info is not None:
             self._oxum(info_name, info)
         manifests = self._manifests(_MANIFEST, "payload manifest")
         if not manifests and not any(_MANIFEST.fullmatch(p) for p in self.tag_files):
@@ -198,7 +205,20 @@ class _Validation:
             payload={p: e.size for p, e in self.payload.items()},
             info=info,
             serialization=serialization,
+            tags=self.tags,
+            name_mismatch=name_mismatch,
         )
+
+    def tags(self, path: str) -> list[tuple[str, str]] | None:
+        """The tag lines of the tag file ``path``, parsed once; None when the bag
+        has no such file, and no lines when it cannot be read or decoded."""
+        if path not in self._parsed:
+            if path not in self.tag_files:
+                self._parsed[path] = None
+            else:
+                text = self._text(path)
+                self._parsed[path] = parse_tags(path, text, self.report) if text else []
+        return self._parsed[path]
 
     def _text(self, path: str) -> str | None:
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -50,7 +50,9 @@ class BagSummary:
     order, None when the bag has no bag-info.txt. ``payload`` maps each payload
     path (``data/...``) to its size; ``tag_files`` holds every other path.
     ``serialization`` is ``"tar"``, ``"tar.gz"``, ``"zip"``... or None for a
-    directory.
+    directory. ``tags`` gives any tag file's ``(label, value)`` pairs (None
+    when the bag has no such file). ``name_mismatch`` says how an archive's top
+    directory differs from the archive's name, None when alike (or a directory).
     """
 
     version: tuple[int, int] | None
@@ -60,6 +62,8 @@ class BagSummary:
     payload: Mapping[str, int]
     info: Sequence[tuple[str, str]] | None
     serialization: str | None
+    tags: Callable[[str], Sequence[tuple[str, str]] | None] = lambda _path: None
+    name_mismatch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Profile:
     serialization: str = "optional"
     accept_serialization: tuple[str, ...] = ()
     accept_bagit_version: tuple[str, ...] | None = None
+    tar_dir_must_match_name: bool = False
 
     @property
     def identifier(self) -> str | None:
