@@ -8,9 +8,12 @@ Python's tarfile, to craft entries no real bag should hold.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import io
 import logging
+import lzma
 import os
 import tarfile
 import unicodedata
@@ -39,8 +42,10 @@ def make_bag_dir(
     payload: dict[str, bytes] | None = None,
     algorithms: tuple[str, ...] = ("md5", "sha256", "sha512"),
     info: dict[str, str] | None = None,
+    aptrust_info: dict[str, str | None] | None = None,
 ) -> Path:
-    """A valid BagIt 0.97 bag made by bagit-python at ``root/name``."""
+    """A valid BagIt 0.97 bag made by bagit-python at ``root/name``; with
+    ``aptrust_info``, an aptrust-info.txt holding those tags (None: left out)."""
     bag_dir = root / name
     bag_dir.mkdir(parents=True)
     for rel, data in (PAYLOAD if payload is None else payload).items():
@@ -49,6 +54,12 @@ def make_bag_dir(
         target.write_bytes(data)
     bag_info = {"Source-Organization": "Example Lab"} if info is None else dict(info)
     bagit.make_bag(str(bag_dir), bag_info, checksums=list(algorithms))
+    if aptrust_info is not None:
+        lines = [
+            f"{label}: {value}\n" for label, value in aptrust_info.items() if value is not None
+        ]
+        (bag_dir / "aptrust-info.txt").write_text("".join(lines), encoding="utf-8")
+        retag(bag_dir)
     return bag_dir
 
 
@@ -278,13 +289,64 @@ def broken_bag(root: Path, breakage: str, **options: object) -> Path:
 # -- serialisation -----------------------------------------------------------
 
 
-def to_tar(bag_dir: Path, dest: Path | None = None, *, compression: str = "") -> Path:
-    """``bag_dir`` as a tar with one top-level directory named like the bag."""
+def to_tar(
+    bag_dir: Path,
+    dest: Path | None = None,
+    *,
+    compression: str = "",
+    end_blocks: bool = True,
+    arcname: str | None = None,
+) -> Path:
+    """``bag_dir`` as a tar with one top-level directory named like the bag (or
+    ``arcname``). Without ``end_blocks`` the tar ends right after its last
+    member's padded data, with no end-of-archive blocks, as DART writes them."""
     suffix = {"": ".tar", "gz": ".tar.gz", "bz2": ".tar.bz2", "xz": ".tar.xz"}[compression]
     dest = dest or bag_dir.with_name(bag_dir.name + suffix)
-    with tarfile.open(dest, f"w:{compression}", format=tarfile.PAX_FORMAT) as tar:
-        tar.add(bag_dir, arcname=bag_dir.name)
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(bag_dir, arcname=arcname or bag_dir.name)
+    data = plain.getvalue()
+    if not end_blocks:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            last = tar.getmembers()[-1]
+        data = data[: last.offset_data + -(-last.size // 512) * 512]
+    opener = {"": None, "gz": gzip_bytes, "bz2": bz2.compress, "xz": lzma.compress}[compression]
+    dest.write_bytes(data if opener is None else opener(data))
     return dest
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+# What APTrust 2.3 asks of a bag beyond RFC 8493, met.
+APTRUST_INFO = {"Title": "Field notes", "Access": "Institution", "Storage-Option": "Standard"}
+BTR_INFO = {
+    "Source-Organization": "Example Lab",
+    "Bagging-Date": "2026-12-02",
+    "BagIt-Profile-Identifier": (
+        "https://github.com/dpscollaborative/btr_bagit_profile/releases/download/1.0/"
+        "btr-bagit-profile.json"
+    ),
+}
+
+
+def aptrust_bag(root: Path, name: str = "bag1", **tags: str | None) -> Path:
+    """A bag that keeps every rule of APTrust 2.3 (once tarred as ``name.tar``):
+    md5 and sha256 manifests, aptrust-info.txt with its tags (``tags`` changes
+    them; None removes one)."""
+    return make_bag_dir(
+        root, name, algorithms=("md5", "sha256"), aptrust_info={**APTRUST_INFO, **tags}
+    )
+
+
+def btr_bag(root: Path, name: str = "bag1", **tags: str | None) -> Path:
+    """A bag that keeps every rule of BTR 1.0 (``tags`` changes bag-info.txt's
+    tags; None removes one). bagit-python writes Payload-Oxum itself."""
+    bag_dir = make_bag_dir(root, name, algorithms=("sha512",), info=BTR_INFO)
+    for label, value in tags.items():
+        set_tag(bag_dir, "bag-info.txt", label, value)
+    return bag_dir
 
 
 def to_zip(bag_dir: Path, dest: Path | None = None) -> Path:

@@ -14,7 +14,7 @@ import pytest
 
 from stagebox.server.db.session import Catalog
 from stagebox.server.process import stagebox_cmd
-from tests.bags import broken_bag, make_bag_dir, to_tar
+from tests.bags import APTRUST_INFO, broken_bag, make_bag_dir, to_tar
 
 INFO = {"Source-Organization": "Example Lab"}
 
@@ -76,8 +76,10 @@ def show(data_dir: Path, job_id: int) -> dict:
 
 
 def deposit(inbox: Path, tmp_path: Path, key: str, compression: str = "", **options) -> Path:
-    """A good bag made by bagit-python, tarred into the inbox as ``key``."""
+    """A good bag made by bagit-python (APTrust's aptrust-info.txt too), tarred
+    into the inbox as ``key``."""
     name = key.split(".")[0]
+    options.setdefault("aptrust_info", APTRUST_INFO)
     bag_dir = make_bag_dir(tmp_path / "made" / key, name, info=INFO, **options)
     return to_tar(bag_dir, inbox / key, compression=compression)
 
@@ -115,7 +117,7 @@ def test_tgz_and_tar_gz_bags_are_found_and_stored_just_as_a_tar_is(data_dir, inb
 
 
 def test_a_profile_that_takes_only_plain_tars_refuses_a_gzipped_bag(data_dir, inbox, tmp_path):
-    # given the shipped APTrust profile (Accept-Serialization: application/x-tar only)
+    # given the shipped APTrust profile (Accept-Serialization: application/tar only)
     deposit(inbox, tmp_path, "plain.tar")
     deposit(inbox, tmp_path, "zipped.tgz", compression="gz")
 
@@ -128,7 +130,7 @@ def test_a_profile_that_takes_only_plain_tars_refuses_a_gzipped_bag(data_dir, in
     refused = show(data_dir, found["zipped.tgz"]["id"])
     assert refused["status"] == "failed"
     assert any(
-        "serialization tar.gz" in e and "is not accepted" in e and "application/x-tar" in e
+        "serialization tar.gz" in e and "is not accepted" in e and "application/tar" in e
         for e in refused["errors"]
     ), refused["errors"]
     assert refused["files"] == []

@@ -19,7 +19,7 @@ import pytest
 
 from stagebox.server.db.session import Catalog
 from stagebox.server.process import stagebox_cmd
-from tests.bags import make_bag_dir, to_tar
+from tests.bags import APTRUST_INFO, make_bag_dir, to_tar
 from tests.s3 import MotoServer, leftovers, running_moto
 
 INFO = {"Source-Organization": "Example Lab"}
@@ -85,7 +85,9 @@ def keys(s3, name: str) -> list[str]:
 
 
 def deposit(s3, data_dir: Path, tmp_path: Path, name: str, payload: dict[str, bytes]) -> None:
-    bag_dir = make_bag_dir(tmp_path / "made", name, payload=payload, info=INFO)
+    bag_dir = make_bag_dir(
+        tmp_path / "made", name, payload=payload, info=INFO, aptrust_info=APTRUST_INFO
+    )
     tar_path = to_tar(bag_dir)
     s3.upload_file(str(tar_path), bucket(data_dir, "inbox"), f"deposits/{name}.tar")
 

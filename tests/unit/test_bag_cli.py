@@ -62,7 +62,7 @@ def test_fast_skips_digests(tmp_path, monkeypatch, capsys):
 
 
 def test_profiles_by_name_or_file(tmp_path, monkeypatch, capsys):
-    bag = make_bag_dir(tmp_path, info={"Access": "Everyone"})
+    bag = make_bag_dir(tmp_path, aptrust_info={"Title": "", "Access": "Everyone"})
     tar = to_tar(bag)
     lab = tmp_path / "lab.json"
     lab.write_text(json.dumps({"Bag-Info": {"Contact-Name": {"required": True}}}))
@@ -72,13 +72,23 @@ def test_profiles_by_name_or_file(tmp_path, monkeypatch, capsys):
     )
     assert code == 1
     assert err.splitlines() == [
-        "error: bag-info.txt: required tag Source-Organization is missing (profile aptrust)",
-        "error: bag-info.txt: tag Access has value 'Everyone', which is not allowed "
+        "error: aptrust-info.txt: required tag Title is empty (profile aptrust)",
+        "error: aptrust-info.txt: tag Access has value 'Everyone', which is not allowed "
         "(profile aptrust); allowed: 'Consortia', 'Institution', 'Restricted'",
+        "error: aptrust-info.txt: required tag Storage-Option is missing (profile aptrust)",
     ]
     code, _, err = stagebox(monkeypatch, capsys, "bag", "validate", str(bag), "--profile", str(lab))
     assert code == 1
     assert err == "error: bag-info.txt: required tag Contact-Name is missing (profile lab)\n"
+    for name in ("none", "auto", "btr"):
+        code, _, err = stagebox(monkeypatch, capsys, "bag", "validate", str(bag), "--profile", name)
+        assert code == (0 if name == "none" else 1), (name, err)
+    assert "declares no BagIt-Profile-Identifier" in err or "BagIt-Profile-Identifier" in err
+    code, _, err = stagebox(monkeypatch, capsys, "bag", "validate", str(bag), "--profile", "apt")
+    assert code == 2
+    assert err == (
+        "stagebox: --profile: no such profile file 'apt' (or use one of aptrust, btr, auto, none)\n"
+    )
 
 
 def test_usage_errors_exit_2(tmp_path, monkeypatch, capsys):

@@ -1,4 +1,6 @@
-"""BagIt profiles: the shipped APTrust-like one, profile files, and what each rule refuses."""
+"""BagIt profiles in BagIt-Profiles JSON: the reader, and what each rule refuses.
+
+(APTrust's and BTR's own profiles, in DART's format, are in test_bag_shipped_profiles.py.)"""
 
 from __future__ import annotations
 
@@ -16,9 +18,33 @@ def errors(report: Report) -> list[str]:
     return [str(p) for p in report.errors]
 
 
+# A BagIt-Profiles profile like the one stagebox shipped before it shipped APTrust's own.
+LAB = {
+    "BagIt-Profile-Info": {"BagIt-Profile-Identifier": "urn:example:lab:1.0"},
+    "Accept-BagIt-Version": ["0.97", "1.0"],
+    "Serialization": "required",
+    "Accept-Serialization": ["application/x-tar"],
+    "Allow-Fetch.txt": False,
+    "Manifests-Required": ["sha256"],
+    "Manifests-Allowed": ["md5", "sha1", "sha256", "sha512"],
+    "Tag-Manifests-Required": [],
+    "Tag-Manifests-Allowed": ["md5", "sha1", "sha256", "sha512"],
+    "Tag-Files-Required": ["bag-info.txt"],
+    "Bag-Info": {
+        "Source-Organization": {"required": True, "repeatable": False},
+        "Bagging-Date": {"required": False},
+        "Access": {
+            "required": False,
+            "repeatable": False,
+            "values": ["Consortia", "Institution", "Restricted"],
+        },
+    },
+}
+
+
 @pytest.fixture
 def aptrust() -> Profile:
-    return Profile.default()
+    return Profile.from_dict(LAB, source="aptrust")
 
 
 def write_profile(tmp_path: Path, profile: dict[str, object], name: str = "lab.json") -> Path:
@@ -27,15 +53,14 @@ def write_profile(tmp_path: Path, profile: dict[str, object], name: str = "lab.j
     return path
 
 
-def test_the_shipped_profile_is_aptrust_like(aptrust):
-    assert aptrust.name == "aptrust"
+def test_a_bagit_profiles_file_is_read_whole(aptrust):
     assert aptrust.manifests_required == ("sha256",)
     assert aptrust.accept_bagit_version == ("0.97", "1.0")
     assert aptrust.serialization == "required"
     assert aptrust.accept_serialization == ("application/x-tar",)
     assert not aptrust.allow_fetch
     assert aptrust.bag_info["Source-Organization"].required
-    assert Profile.load("aptrust") == aptrust
+    assert aptrust.identifier == "urn:example:lab:1.0"
 
 
 def test_a_tarred_bagit_python_bag_meets_the_shipped_profile(tmp_path, aptrust):
@@ -214,7 +239,49 @@ def test_a_profile_is_named_by_file_or_as_shipped(tmp_path):
 def test_a_profile_with_no_constraints_accepts_any_valid_bag(tmp_path):
     bag = make_bag_dir(tmp_path)
 
-    assert validate_path(bag, Profile.from_dict({}, source="empty")).valid
+    assert validate_path(bag, Profile.from_dict({"BagIt-Profile-Info": {}}, "empty")).valid
+
+
+@pytest.mark.parametrize(
+    "data, rule",
+    [
+        ({"totally": "unrelated"}, "is neither a BagIt-Profiles profile nor a DART profile"),
+        ({}, "is neither a BagIt-Profiles profile nor a DART profile (it has no keys at all)"),
+        ({**LAB, "Manifest-Required": ["md5"]}, "has keys this reader does not know: "
+         "['Manifest-Required']"),
+        ({"Bag-Info": {"Title": {"required": True, "emptyOk": True}}},
+         "has keys this reader does not know: ['emptyOk']"),
+        ({"Bag-Info": {}, "tags": []}, "mixes BagIt-Profiles keys and DART profile keys"),
+        ({"manifestsRequired": ["md5"], "tags": [{"tagFile": "bag-info.txt",
+          "tagName": "Title", "mustHave": True}]},
+         "has keys this reader does not know: ['mustHave']"),
+        ({"manifestsRequired": ["md5"], "bagItProfileInfo": {"owner": "x"}},
+         "has keys this reader does not know: ['owner']"),
+        ({"manifestsRequired": ["md5"], "allowMiscTopLevelFiles": False},
+         "has keys this reader does not know: ['allowMiscTopLevelFiles']"),
+    ],
+)  # fmt: skip
+def test_a_file_that_is_no_profile_or_holds_unknown_keys_is_refused(tmp_path, data, rule):
+    with pytest.raises(InvalidInput) as caught:
+        Profile.from_file(write_profile(tmp_path, data))
+
+    assert caught.value.field.startswith("lab"), caught.value
+    assert rule in caught.value.rule, caught.value.rule
+
+
+def test_unknown_keys_exit_2_naming_them(tmp_path, monkeypatch, capsys):
+    from tests.unit.test_bag_cli import stagebox
+
+    path = write_profile(tmp_path, {"totally": "unrelated"})
+    bag = make_bag_dir(tmp_path)
+
+    code, _, err = stagebox(
+        monkeypatch, capsys, "bag", "validate", str(bag), "--profile", str(path)
+    )
+
+    assert code == 2
+    assert err.startswith("stagebox: lab: is neither a BagIt-Profiles profile"), err
+    assert err.count("\n") == 1
 
 
 def test_a_profile_can_require_fetch_txt_and_an_empty_payload(tmp_path):

@@ -17,8 +17,9 @@ def validate(
         str | None,
         typer.Option(
             "--profile",
-            help="a BagIt profile JSON file, or 'aptrust' for the shipped APTrust-like one "
-            "(default: plain BagIt, no profile)",
+            help="a BagIt profile file (BagIt-Profiles or DART JSON); 'aptrust' (APTrust 2.3) "
+            "or 'btr' (BTR 1.0) as shipped; 'auto' for the shipped one the bag's "
+            "BagIt-Profile-Identifier names; 'none' for RFC 8493 alone [default: none]",
         ),
     ] = None,
     fast: Annotated[
@@ -30,9 +31,10 @@ def validate(
 ) -> None:
     """Validate a bag: exit 0 when valid, 1 when not (every error on stderr), 2 on usage errors."""
     # Imported here: every other command starts faster without the validator.
-    from stagebox.ingest.bagit import Profile, validate_path
+    from stagebox.ingest.bagit import validate_path
+    from stagebox.ingest.profiles import choose
 
-    chosen = Profile.load(profile) if profile is not None else None
+    chosen = choose(profile) if profile is not None else None
     report = validate_path(path, chosen, fast=fast)
     for error in report.errors:
         typer.echo(f"error: {error}", err=True)

@@ -32,7 +32,9 @@ ProfileOption = Annotated[
     str,
     typer.Option(
         "--profile",
-        help="a BagIt profile (JSON file), 'aptrust' for the shipped one, 'none' for BagIt alone",
+        help="a BagIt profile file (BagIt-Profiles or DART JSON); 'aptrust' (APTrust 2.3) or "
+        "'btr' (BTR 1.0) as shipped; 'auto' for the shipped one each bag's "
+        "BagIt-Profile-Identifier names; 'none' for RFC 8493 alone",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
@@ -64,13 +66,9 @@ def _context(data_dir: Path | None) -> ServerContext:
 
 def _profile(choice: str) -> dict[str, Any] | None:
     """The profile's JSON, kept on each job so a resumed job judges by the same rules."""
-    if choice == "none":
-        return None
-    from stagebox.ingest.profiles import Profile, profile_json
+    from stagebox.ingest.profiles import job_profile
 
-    data, source = profile_json(choice)
-    Profile.from_dict(data, source)  # refuses a malformed profile now, not per job
-    return data
+    return job_profile(choice)  # refuses a malformed profile now, not per job
 
 
 def _boxes(ctx: ServerContext, receiving: str, staging: str | None, permanent: str | None) -> Boxes:

@@ -42,7 +42,7 @@ from urllib.parse import urlparse
 from stagebox.ingest.bagread import ALGORITHMS, BagEntry, read_bag
 from stagebox.ingest.bagtree import shown
 from stagebox.ingest.problems import Problem, Report
-from stagebox.ingest.profiles import BagSummary, Profile
+from stagebox.ingest.profiles import AutoProfile, BagSummary, Profile
 from stagebox.ingest.tagfiles import (
     FetchLine,
     ManifestLine,
@@ -74,7 +74,7 @@ _OXUM = re.compile(r"(\d+)\.(\d+)")
 def validate(
     entries: Mapping[str, BagEntry],
     read_tag: Callable[[str], bytes],
-    profile: Profile | None = None,
+    profile: Profile | AutoProfile | None = None,
     *,
     structural: Sequence[Problem] = (),
     serialization: str | None = None,
@@ -100,13 +100,15 @@ def validate(
         payload_dir, serialization, name_mismatch
     )
     if profile is not None:
-        profile.check(summary, report)
-    if name_mismatch and not (profile is not None and profile.tar_dir_must_match_name):
+        profile.check(summary, report)  # which judges name_mismatch too
+    elif name_mismatch:
         report.warn("", name_mismatch)
     return report
 
 
-def validate_path(path: Path, profile: Profile | None = None, *, fast: bool = False) -> Report:
+def validate_path(
+    path: Path, profile: Profile | AutoProfile | None = None, *, fast: bool = False
+) -> Report:
     """Validate a bag directory, a tar (``.tar``, ``.tar.gz``, ``.tgz``...) or a zip.
 
     Each file is read once, hashed with :data:`ALGORITHMS` (for a directory,

@@ -1,13 +1,20 @@
-"""BagIt profiles (https://github.com/bagit-profiles/bagit-profiles-specification).
+"""BagIt profiles: the rules a repository adds to RFC 8493, and the ones stagebox ships.
 
-A :class:`Profile` is read from the profile JSON and checks a
-:class:`BagSummary`, the facts :func:`stagebox.ingest.bagit.validate` gathered
-about a bag, adding one error per broken constraint to a :class:`Report`.
-Supported: ``BagIt-Profile-Info``, ``Bag-Info`` (``required``, ``values``,
-``repeatable``), ``Manifests-Required``/``-Allowed``,
-``Tag-Manifests-Required``/``-Allowed``, ``Tag-Files-Required``/``-Allowed``,
-``Allow-Fetch.txt``, ``Fetch.txt-Required``, ``Data-Empty``, ``Serialization``,
-``Accept-Serialization`` and ``Accept-BagIt-Version``; other keys are ignored.
+A :class:`Profile` is read from a profile file in either format
+:mod:`stagebox.ingest.profile_formats` knows (BagIt-Profiles JSON, DART's
+profile JSON) and checks a :class:`BagSummary`, the facts
+:func:`stagebox.ingest.bagit.validate` gathered about a bag, adding one error
+per broken rule to a :class:`Report`; each names the file, the tag and the rule.
+
+Shipped, by name (:data:`SHIPPED`): ``aptrust`` is APTrust's own profile file,
+version 2.3, as APTrust publishes it; ``btr`` is BTR 1.0 as APTrust ships it.
+``--profile none`` is RFC 8493 alone; ``--profile auto`` picks the shipped
+profile that the bag's ``BagIt-Profile-Identifier`` names (:class:`AutoProfile`).
+
+APTrust's rule on file names (no control characters, literal or escaped as
+``\\u00XX``, and no no-break space: APTrust's ingest refuses them though its
+profile file cannot say so) is the profile option ``plain_names``, on for any
+profile that carries one of APTrust's identifiers.
 """
 
 from __future__ import annotations
@@ -16,13 +23,15 @@ import fnmatch
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from stagebox.errors import InvalidInput
+from stagebox.ingest.bagtree import shown
 from stagebox.ingest.problems import Report
+from stagebox.ingest.profile_formats import TagRule, profile_fields
 
 # The MIME types each serialization answers to in Accept-Serialization.
 MIME_TYPES = {
@@ -32,8 +41,32 @@ MIME_TYPES = {
     "tar.xz": ("application/x-xz",),
     "zip": ("application/zip", "application/x-zip", "application/x-zip-compressed"),
 }
-SHIPPED = ("aptrust",)
-SERIALIZATION_RULES = ("forbidden", "required", "optional")
+# The profiles stagebox ships, by name: the file, and the identifiers bags declare it by.
+SHIPPED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "aptrust": (
+        "aptrust-v2.3.json",
+        (
+            "https://raw.githubusercontent.com/APTrust/preservation-services/master/profiles/aptrust-v2.3.json",
+            # 2.3 only adds a storage option to 2.2: a 2.2 bag is judged by 2.3.
+            "https://raw.githubusercontent.com/APTrust/preservation-services/master/profiles/aptrust-v2.2.json",
+        ),
+    ),
+    "btr": (
+        "btr-v1.0.json",
+        (
+            "https://raw.githubusercontent.com/dpscollaborative/btr_bagit_profile/master/btr-bagit-profile.json",
+            "https://github.com/dpscollaborative/btr_bagit_profile/releases/download/1.0/btr-bagit-profile.json",
+            "https://github.com/dpscollaborative/btr_bagit_profile/blob/1.0/btr-bagit-profile.json",
+        ),
+    ),
+}
+CHOICES = (*SHIPPED, "auto", "none")
+# Identifiers whose profiles turn on APTrust's file-name rule.
+_APTRUST_IDS = frozenset(SHIPPED["aptrust"][1])
+# What APTrust's ingest refuses in a name: Unicode control characters, the
+# no-break space, and those control characters escaped as \u00XX.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\xa0]")
+_ESCAPED_CONTROL = re.compile(r"\\[Uu]00[0189][0-9A-Fa-f]|\\[Uu]007[Ff]")
 # Tag files BagIt itself defines; Tag-Files-Allowed speaks about the others.
 _BAGIT_TAG_FILE = re.compile(
     r"bagit\.txt|bag-info\.txt|package-info\.txt|fetch\.txt|(tag)?manifest-[^/]+\.txt"
@@ -67,27 +100,22 @@ class BagSummary:
 
 
 @dataclass(frozen=True)
-class TagRule:
-    """One ``Bag-Info`` entry; ``values`` None or empty accepts any value."""
-
-    required: bool = False
-    values: tuple[str, ...] | None = None
-    repeatable: bool = True
-
-
-@dataclass(frozen=True)
 class Profile:
-    """A parsed BagIt profile. ``name`` is how errors refer to it."""
+    """A parsed BagIt profile. ``name`` is how errors refer to it; ``tags`` holds
+    the tag rules by tag file, then by label."""
 
     name: str
+    title: str | None = None
     info: Mapping[str, str] = field(default_factory=dict)
-    bag_info: Mapping[str, TagRule] = field(default_factory=dict)
+    tags: Mapping[str, Mapping[str, TagRule]] = field(default_factory=dict)
     manifests_required: tuple[str, ...] = ()
     manifests_allowed: tuple[str, ...] | None = None
     tag_manifests_required: tuple[str, ...] = ()
     tag_manifests_allowed: tuple[str, ...] | None = None
     tag_files_required: tuple[str, ...] = ()
     tag_files_allowed: tuple[str, ...] | None = None
+    payload_files_required: tuple[str, ...] = ()
+    payload_files_allowed: tuple[str, ...] | None = None
     allow_fetch: bool = True
     fetch_required: bool = False
     data_empty: bool = False
@@ -95,60 +123,42 @@ class Profile:
     accept_serialization: tuple[str, ...] = ()
     accept_bagit_version: tuple[str, ...] | None = None
     tar_dir_must_match_name: bool = False
+    plain_names: bool = False
 
     @property
     def identifier(self) -> str | None:
         return self.info.get("BagIt-Profile-Identifier")
 
+    @property
+    def bag_info(self) -> Mapping[str, TagRule]:
+        return self.tags.get("bag-info.txt", {})
+
     @classmethod
     def default(cls) -> Profile:
-        """The shipped APTrust-like profile (``profiles/aptrust.json``), named "aptrust".
-
-        BagIt 0.97 or 1.0, tarred (``application/x-tar``), no fetch.txt, a
-        bag-info.txt naming its Source-Organization, an optional Access of
-        Consortia, Institution or Restricted. APTrust itself takes md5 or
-        sha256 manifests; this profile requires sha256, which stagebox
-        computes anyway and which, unlike md5, still resists forgery. md5,
-        sha1 and sha512 manifests are allowed beside it.
-        """
+        """APTrust's profile, version 2.3, as shipped (``--profile aptrust``)."""
         return cls.from_dict(*profile_json("aptrust"))
 
     @classmethod
     def load(cls, spec: str) -> Profile:
-        """A profile JSON file by path, or the shipped one by its name ``aptrust``.
+        """A profile file by path, or a shipped one by name (an existing file wins).
 
-        An existing file wins over the name. Anything else is InvalidInput.
+        Anything else is InvalidInput; so is ``auto`` or ``none`` (see :func:`choose`).
         """
         return cls.from_dict(*profile_json(spec))
 
     @classmethod
     def from_file(cls, path: Path) -> Profile:
-        """Read a profile JSON file; InvalidInput names the file and the bad field."""
+        """Read a profile file; InvalidInput names the file and the bad key."""
         return cls.from_dict(_read_json(Path(path)), source=Path(path).stem)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str) -> Profile:
-        """A profile from parsed JSON; InvalidInput names ``source`` and the bad field."""
-        if not isinstance(data, Mapping):
-            raise InvalidInput(source, "a profile must be a JSON object")
-        read = _Fields(data, source)
-        profile = cls(
-            name=source,
-            info=read.strings_map("BagIt-Profile-Info"),
-            bag_info=read.tag_rules("Bag-Info"),
-            manifests_required=read.strings("Manifests-Required") or (),
-            manifests_allowed=read.strings("Manifests-Allowed"),
-            tag_manifests_required=read.strings("Tag-Manifests-Required") or (),
-            tag_manifests_allowed=read.strings("Tag-Manifests-Allowed"),
-            tag_files_required=read.strings("Tag-Files-Required") or (),
-            tag_files_allowed=read.strings("Tag-Files-Allowed"),
-            allow_fetch=read.boolean("Allow-Fetch.txt", True),
-            fetch_required=read.boolean("Fetch.txt-Required", False),
-            data_empty=read.boolean("Data-Empty", False),
-            serialization=read.choice("Serialization", SERIALIZATION_RULES, "optional"),
-            accept_serialization=read.strings("Accept-Serialization") or (),
-            accept_bagit_version=read.strings("Accept-BagIt-Version"),
-        )
+        """A profile from parsed JSON in either format; InvalidInput names
+        ``source`` and the key that is unknown, of the wrong type, or contradictory."""
+        fields = profile_fields(data, source)
+        profile = cls(name=source, **fields)
+        if profile.identifier in _APTRUST_IDS:
+            profile = replace(profile, plain_names=True)
         for required, allowed, key in (
             (profile.manifests_required, profile.manifests_allowed, "Manifests-Allowed"),
             (
@@ -168,8 +178,14 @@ class Profile:
         return profile
 
     def check(self, bag: BagSummary, report: Report) -> None:
-        """Add an error to ``report`` for each constraint ``bag`` breaks."""
+        """Add an error to ``report`` for each rule ``bag`` breaks (a warning for
+        each recommendation it does not follow)."""
         by = f"(profile {self.name})"
+        if bag.name_mismatch:
+            if self.tar_dir_must_match_name:
+                report.error("", f"{bag.name_mismatch} {by}")
+            else:
+                report.warn("", bag.name_mismatch)
         self._check_version(bag, report, by)
         self._check_serialization(bag, report, by)
         for kind, present, required, allowed in (
@@ -186,15 +202,7 @@ class Profile:
                         f"{kind}-{alg}.txt",
                         f"{alg} is not allowed {by}; allowed: {', '.join(allowed)}",
                     )
-        for path in self.tag_files_required:
-            if path not in bag.tag_files:
-                report.error(path, f"missing: a tag file required {by}")
-        if self.tag_files_allowed is not None:
-            for path in sorted(bag.tag_files):
-                if _BAGIT_TAG_FILE.fullmatch(path):
-                    continue
-                if not any(fnmatch.fnmatchcase(path, p) for p in self.tag_files_allowed):
-                    report.error(path, f"tag file not allowed {by}")
+        self._check_files(bag, report, by)
         if "fetch.txt" in bag.tag_files and not self.allow_fetch:
             report.error("fetch.txt", f"fetch.txt is not allowed by the profile {self.name}")
         if self.fetch_required and "fetch.txt" not in bag.tag_files:
@@ -203,7 +211,87 @@ class Profile:
             len(bag.payload) <= 1 and all(size == 0 for size in bag.payload.values())
         ):
             report.error("data/", f"the payload must be empty (at most one empty file) {by}")
-        self._check_bag_info(bag, report, by)
+        if self.plain_names:
+            self._check_names(bag, report, by)
+        for tag_file, rules in self.tags.items():
+            self._check_tags(bag, tag_file, rules, report, by)
+        declared = [v for label, v in bag.info or () if label == "BagIt-Profile-Identifier"]
+        if self.identifier and declared and self.identifier not in declared:
+            report.warn(
+                "bag-info.txt",
+                f"BagIt-Profile-Identifier {', '.join(declared)} is not this profile's "
+                f"({self.identifier})",
+            )
+
+    def _check_files(self, bag: BagSummary, report: Report, by: str) -> None:
+        for path in self.tag_files_required:
+            if path not in bag.tag_files:
+                report.error(path, f"missing: a tag file required {by}")
+        if self.tag_files_allowed is not None:
+            for path in sorted(bag.tag_files):
+                if _BAGIT_TAG_FILE.fullmatch(path) or path in self.tags:
+                    continue
+                if not any(fnmatch.fnmatchcase(path, p) for p in self.tag_files_allowed):
+                    report.error(path, f"tag file not allowed {by}")
+        for pattern in self.payload_files_required:
+            if not any(fnmatch.fnmatchcase(path, pattern) for path in bag.payload):
+                report.error(pattern, f"missing: a payload file required {by}")
+        if self.payload_files_allowed is not None:
+            for path in sorted(bag.payload):
+                if not any(fnmatch.fnmatchcase(path, p) for p in self.payload_files_allowed):
+                    report.error(shown(path), f"payload file not allowed {by}")
+
+    def _check_names(self, bag: BagSummary, report: Report, by: str) -> None:
+        for path in sorted({*bag.payload, *bag.tag_files}):
+            if _CONTROL.search(path):
+                report.error(shown(path), f"the name holds a control character {by}")
+            elif _ESCAPED_CONTROL.search(path):
+                report.error(shown(path), f"the name holds an escaped control character {by}")
+
+    def _check_tags(
+        self,
+        bag: BagSummary,
+        tag_file: str,
+        rules: Mapping[str, TagRule],
+        report: Report,
+        by: str,
+    ) -> None:
+        tags = bag.tags(tag_file)
+        if tag_file == "bag-info.txt" and bag.info is not None:
+            tags = bag.info
+        if tags is None:
+            needed = [label for label, rule in rules.items() if rule.required]
+            if needed and tag_file != "bagit.txt":  # the validator reports a missing bagit.txt
+                report.error(tag_file, f"missing: a tag file required {by} for {', '.join(needed)}")
+            return
+        values: dict[str, list[str]] = {}
+        for label, value in tags:
+            values.setdefault(label, []).append(value)
+        for label, rule in rules.items():
+            if tag_file == "bagit.txt" and label == "BagIt-Version" and self.accept_bagit_version:
+                continue  # DART states this rule twice; _check_version reports it once
+            found = values.get(label, [])
+            if not found:
+                if rule.required:
+                    report.error(tag_file, f"required tag {label} is missing {by}")
+                elif rule.recommended:
+                    report.warn(tag_file, f"recommended tag {label} is missing {by}")
+                continue
+            if not rule.repeatable and len(found) > 1:
+                report.error(
+                    tag_file,
+                    f"tag {label} appears {len(found)} times, but is not repeatable {by}",
+                )
+            for value in found:
+                if not value.strip():
+                    if rule.required and not rule.empty_ok:
+                        report.error(tag_file, f"required tag {label} is empty {by}")
+                elif rule.values and value not in rule.values:
+                    report.error(
+                        tag_file,
+                        f"tag {label} has value {value!r}, which is not allowed {by}; "
+                        f"allowed: {', '.join(repr(v) for v in rule.values)}",
+                    )
 
     def _check_version(self, bag: BagSummary, report: Report, by: str) -> None:
         if self.accept_bagit_version is None or bag.version is None:
@@ -233,42 +321,69 @@ class Profile:
                 f"is not accepted {by}; accepted: {', '.join(self.accept_serialization)}",
             )
 
-    def _check_bag_info(self, bag: BagSummary, report: Report, by: str) -> None:
-        if bag.info is None:
-            if self.bag_info:
-                report.error("bag-info.txt", f"missing: the profile's tags need it {by}")
-            return
-        values: dict[str, list[str]] = {}
-        for label, value in bag.info:
-            values.setdefault(label, []).append(value)
-        for label, rule in self.bag_info.items():
-            found = values.get(label, [])
-            if not found:
-                if rule.required:
-                    report.error("bag-info.txt", f"required tag {label} is missing {by}")
-                continue
-            if rule.required and not any(v.strip() for v in found):
-                report.error("bag-info.txt", f"required tag {label} is empty {by}")
-            if not rule.repeatable and len(found) > 1:
-                report.error(
-                    "bag-info.txt",
-                    f"tag {label} appears {len(found)} times, but is not repeatable {by}",
-                )
-            if rule.values:
-                for value in found:
-                    if value not in rule.values:
-                        report.error(
-                            "bag-info.txt",
-                            f"tag {label} has value {value!r}, which is not allowed {by}; "
-                            f"allowed: {', '.join(repr(v) for v in rule.values)}",
-                        )
-        declared = values.get("BagIt-Profile-Identifier", [])
-        if self.identifier and declared and self.identifier not in declared:
-            report.warn(
+
+@dataclass(frozen=True)
+class AutoProfile:
+    """``--profile auto``: each bag is judged by the shipped profile its
+    bag-info.txt ``BagIt-Profile-Identifier`` names; a bag that names none
+    stagebox ships is an error, never a bag judged by no profile."""
+
+    name: str = "auto"
+
+    def check(self, bag: BagSummary, report: Report) -> None:
+        declared = [v for label, v in bag.info or () if label == "BagIt-Profile-Identifier"]
+        if bag.name_mismatch and not declared:
+            report.warn("", bag.name_mismatch)
+        if not declared:
+            report.error(
                 "bag-info.txt",
-                f"BagIt-Profile-Identifier {', '.join(declared)} is not this profile's "
-                f"({self.identifier})",
+                "--profile auto: the bag declares no BagIt-Profile-Identifier; "
+                f"name its profile with --profile ({', '.join(SHIPPED)} or a file)",
             )
+            return
+        for name, (_file, identifiers) in SHIPPED.items():
+            if declared[0] in identifiers:
+                Profile.from_dict(*profile_json(name)).check(bag, report)
+                return
+        if bag.name_mismatch:
+            report.warn("", bag.name_mismatch)
+        report.error(
+            "bag-info.txt",
+            f"--profile auto: BagIt-Profile-Identifier {shown(declared[0])} names no profile "
+            f"stagebox ships ({', '.join(SHIPPED)}); name its profile with --profile",
+        )
+
+
+AUTO_JSON = {"stagebox-profile": "auto"}
+
+
+def choose(spec: str) -> Profile | AutoProfile | None:
+    """What ``--profile`` names: a file, a shipped name, ``auto``, or ``none`` (None)."""
+    data = job_profile(spec)
+    return None if data is None else from_job(data, spec)
+
+
+def job_profile(spec: str) -> dict[str, Any] | None:
+    """The JSON an ingest job keeps for ``--profile spec``, so a resumed job judges
+    by the same rules: the profile file's JSON and the name errors give it,
+    :data:`AUTO_JSON` for ``auto``, None for ``none``. Refuses a bad profile now."""
+    if spec == "none" and not Path(spec).is_file():
+        return None
+    if spec == "auto" and not Path(spec).is_file():
+        return dict(AUTO_JSON)
+    data, name = profile_json(spec)
+    Profile.from_dict(data, name)
+    return {"stagebox-profile": name, "json": data}
+
+
+def from_job(data: Mapping[str, Any], fallback: str) -> Profile | AutoProfile:
+    """The profile an ingest job kept (see :func:`job_profile`); a job made before
+    names were kept holds the bare BagIt-Profiles JSON and goes by ``fallback``."""
+    if data.get("stagebox-profile") == "auto" and "json" not in data:
+        return AutoProfile()
+    if "stagebox-profile" in data and isinstance(data.get("json"), dict):
+        return Profile.from_dict(data["json"], str(data["stagebox-profile"]))
+    return Profile.from_dict(data, fallback)
 
 
 def _parse_version(text: str) -> tuple[int, int]:
@@ -278,16 +393,18 @@ def _parse_version(text: str) -> tuple[int, int]:
 
 
 def profile_json(spec: str) -> tuple[dict[str, Any], str]:
-    """A profile's parsed JSON and the name it goes by: a file by path, or the
-    shipped one by its name (an existing file wins). The ingest worker keeps
-    this JSON with each job; anything else is InvalidInput."""
+    """A profile's parsed JSON and the name it goes by: a file by path, or a
+    shipped one by its name (an existing file wins); anything else is InvalidInput."""
     path = Path(spec)
     if path.is_file():
         return _read_json(path), path.stem
     if spec in SHIPPED:
-        text = resources.files("stagebox.ingest").joinpath(f"profiles/{spec}.json").read_text()
-        return _load_json(text, f"{spec}.json"), spec
-    raise InvalidInput("--profile", f"no such profile file {spec!r} (or use {', '.join(SHIPPED)})")
+        name = SHIPPED[spec][0]
+        text = resources.files("stagebox.ingest").joinpath(f"profiles/{name}").read_text()
+        return _load_json(text, name), spec
+    raise InvalidInput(
+        "--profile", f"no such profile file {spec!r} (or use one of {', '.join(CHOICES)})"
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -306,63 +423,3 @@ def _load_json(text: str, source: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput(source, "a profile must be a JSON object")
     return data
-
-
-class _Fields:
-    """Typed reads of a profile's top-level keys; a wrong type is InvalidInput."""
-
-    def __init__(self, data: Mapping[str, Any], source: str) -> None:
-        self._data = data
-        self._source = source
-
-    def _bad(self, key: str, rule: str) -> InvalidInput:
-        return InvalidInput(f"{self._source}: {key}", rule)
-
-    def strings(self, key: str) -> tuple[str, ...] | None:
-        value = self._data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self._bad(key, "must be a list of strings")
-        return tuple(value)
-
-    def strings_map(self, key: str) -> dict[str, str]:
-        value = self._data.get(key, {})
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise self._bad(key, "must be an object of strings")
-        return dict(value)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self._data.get(key, default)
-        if not isinstance(value, bool):
-            raise self._bad(key, "must be true or false")
-        return value
-
-    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
-        value = self._data.get(key, default)
-        if value not in choices:
-            raise self._bad(key, f"must be one of {', '.join(choices)}")
-        return str(value)
-
-    def tag_rules(self, key: str) -> dict[str, TagRule]:
-        value = self._data.get(key, {})
-        if not isinstance(value, dict):
-            raise self._bad(key, "must be an object of tag rules")
-        rules = {}
-        for label, spec in value.items():
-            where = f"{key}.{label}"
-            if not isinstance(spec, dict):
-                raise self._bad(where, "must be an object")
-            required = spec.get("required", False)
-            repeatable = spec.get("repeatable", True)
-            values = spec.get("values")
-            if not isinstance(required, bool):
-                raise self._bad(f"{where}.required", "must be true or false")
-            if not isinstance(repeatable, bool):
-                raise self._bad(f"{where}.repeatable", "must be true or false")
-            if values is not None and (
-                not isinstance(values, list) or not all(isinstance(v, str) for v in values)
-            ):
-                raise self._bad(f"{where}.values", "must be a list of strings")
-            rules[label] = TagRule(required, tuple(values) if values else None, repeatable)
-        return rules

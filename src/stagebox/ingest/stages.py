@@ -33,8 +33,9 @@ from sqlalchemy.orm import Session
 from stagebox.checksums import BUFFER_SIZE, MultiHasher
 from stagebox.errors import NotFound, StageboxError, StorageError
 from stagebox.ingest import jobs
-from stagebox.ingest.bagit import ALGORITHMS, BagEntry, Problem, Profile, validate
+from stagebox.ingest.bagit import ALGORITHMS, BagEntry, Problem, validate
 from stagebox.ingest.digests import BagHasher, HashLane
+from stagebox.ingest.profiles import from_job
 from stagebox.ingest.tarstream import Member, TarBag
 from stagebox.server.db.models import IngestFile, IngestJob, IngestStage, IngestStatus, utcnow
 from stagebox.server.services.context import ServerContext
@@ -361,7 +362,7 @@ def run_validate(attempt: Attempt) -> None:
         with staging.open_read(prefix + path) as f:
             return f.read()
 
-    profile = Profile.from_dict(job.profile, source=f"job {job.id}") if job.profile else None
+    profile = from_job(job.profile, f"job {job.id}") if job.profile else None
     report = validate(
         entries,
         read_tag,
