@@ -122,3 +122,16 @@ def test_the_installed_command_answers(tmp_path):
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("valid: ")
+
+
+def test_a_dart_style_tar_is_valid_with_a_warning(tmp_path, monkeypatch, capsys):
+    tar = to_tar(make_bag_dir(tmp_path), end_blocks=False)
+
+    code, out, err = stagebox(monkeypatch, capsys, "bag", "validate", str(tar))
+
+    assert code == 0, err
+    assert out.startswith(f"valid: {tar}")
+    assert err == (
+        "warning: bag1.tar: no end-of-archive marker after bag1/tagmanifest-sha512.txt "
+        "(as DART writes tars): read to its end\n"
+    )

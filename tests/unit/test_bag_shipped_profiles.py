@@ -42,7 +42,7 @@ def btr(request) -> Profile:
     return Profile.load("btr" if request.param == "shipped" else str(BTR_FILE))
 
 
-@pytest.fixture(params=[True], ids=["end-blocks"])  # DART-style tars: see the tar reader
+@pytest.fixture(params=[True, False], ids=["end-blocks", "dart-style"])
 def end_blocks(request) -> bool:
     return request.param
 
@@ -234,7 +234,7 @@ def test_a_bag_with_bad_checksums_and_bad_aptrust_info_lists_both(tmp_path, aptr
 # -- BTR 1.0 -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("form", ["directory", "tar", "tar.gz", "zip"])
+@pytest.mark.parametrize("form", ["directory", "tar", "dart-tar", "tar.gz", "zip"])
 def test_a_bag_that_keeps_every_btr_rule_is_accepted(tmp_path, btr, form):
     bag = btr_bag(tmp_path)
     path = {

@@ -173,10 +173,10 @@ def two_file_tar() -> bytes:
     [
         (100, {}, "truncated header at the start"),
         (1512, {"a": 0}, "it ends inside bag/a after 0 of 3000 bytes"),
-        (3584, {"a": 3000}, "missing end-of-archive marker after bag/a"),
         (3700, {"a": 3000}, "cut inside a header after bag/a"),
         (4150, {"a": 3000, "b": 0}, "it ends inside bag/b"),
-        (4608, {"a": 3000, "b": 100}, "missing end-of-archive marker after bag/b"),
+        # b's bytes are all there, but not the padding of its last block
+        (4196, {"a": 3000, "b": 100}, "unexpected end of data after bag/b"),
         (4808, {"a": 3000, "b": 100}, "cut inside a header after bag/b"),
     ],
 )
@@ -186,6 +186,37 @@ def test_a_truncated_tar_is_one_problem_wherever_it_is_cut(two_file_tar, cut, ar
     assert {path: len(data) for path, data in files.items()} == arrived
     assert len(tar.problems) == 1
     assert str(tar.problems[0]).startswith(f"bag.tar: truncated tar: {detail}")
+
+
+@pytest.mark.parametrize("cut, arrived", [(3584, {"a": 3000}), (4608, {"a": 3000, "b": 100})])
+def test_a_tar_that_ends_after_a_whole_member_is_read_with_a_warning(two_file_tar, cut, arrived):
+    # as DART writes its tars: no end-of-archive blocks after the last member
+    files, tar = read_all(two_file_tar[:cut])
+
+    assert {path: len(data) for path, data in files.items()} == arrived
+    assert tar.problems == []
+    last = "bag/" + sorted(arrived)[-1]
+    assert [str(w) for w in tar.warnings] == [
+        f"bag.tar: no end-of-archive marker after {last} (as DART writes tars): read to its end"
+    ]
+
+
+def test_a_gzipped_tar_without_end_blocks_is_read_and_its_crc_still_checked(two_file_tar):
+    files, tar = read_all(gzip.compress(two_file_tar[:4608]))
+    corrupt = bytearray(gzip.compress(two_file_tar[:4608]))
+    corrupt[-6] ^= 0xFF
+    _, bad_crc = read_all(bytes(corrupt))
+
+    assert len(files) == 2 and tar.problems == [] and len(tar.warnings) == 1
+    assert rules(bad_crc)[0].startswith("bag.tar: corrupt tar:"), rules(bad_crc)
+
+
+def test_garbage_after_the_last_member_is_an_error(two_file_tar):
+    files, tar = read_all(two_file_tar[:4608] + b"garbage!" * 64)
+
+    assert len(files) == 2
+    assert rules(tar)[0].startswith("bag.tar: corrupt tar: corrupt header"), rules(tar)
+    assert tar.warnings == []
 
 
 def test_a_tar_cut_after_its_end_marker_is_whole(two_file_tar):

@@ -88,3 +88,13 @@ def test_a_file_that_is_no_profile_is_refused_before_any_job(tmp_path):
     with pytest.raises(InvalidInput, match="is neither a BagIt-Profiles profile"):
         job_profile(str(path))
     assert job_profile("none") is None
+
+
+def test_a_dart_style_tar_is_stored_and_its_job_says_how_it_ended(ctx, receiving, ingest,
+                                                                  tmp_path):  # fmt: skip
+    to_tar(aptrust_bag(tmp_path / "made"), receiving / "bag1.tar", end_blocks=False)
+
+    view = only(ingest("aptrust"))
+
+    assert view["status"] == "succeeded", view["errors"]
+    assert any("no end-of-archive marker after bag1/" in w for w in view["warnings"]), view

@@ -127,6 +127,7 @@ def validate_path(
         payload_dir=bag.payload_dir,
         name_mismatch=bag.name_mismatch,
     )
+    report.warnings[:0] = bag.warnings
     return report
 
 

@@ -63,12 +63,13 @@ class BagRead:
     ``serialization`` is ``"tar"``, ``"tar.gz"``, ``"tar.bz2"``, ``"tar.xz"``,
     ``"zip"`` or None (a directory); ``payload_dir`` whether ``data/`` exists;
     ``name_mismatch`` a warning when an archive's top directory is not named
-    like the archive.
+    like the archive; ``warnings`` what the reader found odd but readable.
     """
 
     entries: dict[str, BagEntry] = field(default_factory=dict)
     tags: dict[str, bytes] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
     serialization: str | None = None
     payload_dir: bool = False
     name_mismatch: str | None = None
@@ -191,6 +192,7 @@ def read_tar(path: Path, algorithms: tuple[str, ...] = ALGORITHMS) -> BagRead:
         for member, reader in tar:
             bag.add(member.path, reader, algorithms)
     bag.problems = list(tar.problems)
+    bag.warnings = list(tar.warnings)
     bag.serialization = tar.serialization
     bag.payload_dir = "data" in tar.dirs
     bag.name_mismatch = _name_mismatch(path, tar.top)

@@ -321,7 +321,9 @@ def run_stage(attempt: Attempt) -> None:
                     attempt.say(f"staged {member.path}")
     finally:
         reader.close()
+    # Warnings ride with the problems, marked, so that validate reports them too.
     problems = [[p.path, p.rule] for p in (*tar.problems, *extra)]
+    problems += [[p.path, p.rule, "warning"] for p in tar.warnings]
     with attempt.ctx.catalog.session() as s:
         save(
             s,
@@ -342,7 +344,8 @@ def run_validate(attempt: Attempt) -> None:
     with attempt.ctx.catalog.session() as s:
         fresh = s.get(IngestJob, job.id)
         assert fresh is not None
-        problems = [Problem(path, rule) for path, rule in fresh.problems]
+        problems = [Problem(row[0], row[1]) for row in fresh.problems if len(row) == 2]
+        tar_warnings = [Problem(row[0], row[1]) for row in fresh.problems if len(row) == 3]
         payload_dir = fresh.payload_dir
         serialization = fresh.serialization or "tar"  # staged before it was recorded
         tags = set(
@@ -371,7 +374,7 @@ def run_validate(attempt: Attempt) -> None:
         serialization=serialization,
         payload_dir=payload_dir or None,
     )
-    warnings = [str(w) for w in report.warnings][:ERROR_CAP]
+    warnings = [str(w) for w in (*tar_warnings, *report.warnings)][:ERROR_CAP]
     if report.valid:
         attempt.advance(IngestStage.verify, warnings=warnings)
         return

@@ -119,9 +119,10 @@ def _decompressed(stream: ByteSource) -> tuple[BinaryIO, str | None]:
 
 
 # Why tarfile stopped reading headers, by the exception's name (typeshed lacks them).
+_NO_END_MARKER = "missing end-of-archive marker"
 _HEADER_ENDS = {
     "EOFHeaderError": "end",
-    "EmptyHeaderError": "missing end-of-archive marker",
+    "EmptyHeaderError": _NO_END_MARKER,
     "TruncatedHeaderError": "cut inside a header",
 }
 
@@ -266,6 +267,8 @@ class TarBag:
     ``top`` is the bag's single top-level directory once an entry named it;
     ``dirs`` the directories seen under it (``"data"``, ``"data/a"``);
     ``problems`` every refused entry and structural error, in order;
+    ``warnings`` what is odd but readable (a tar that ends after its last
+    whole member without end-of-archive blocks, as DART writes them);
     ``compression`` is ``"gzip"``, ``"bzip2"``, ``"xz"`` or None, and
     ``serialization`` what a BagIt profile calls it (``"tar"``, ``"tar.gz"``...).
     ``name`` (default ``"<tar>"``) names the archive in structural problems.
@@ -276,6 +279,7 @@ class TarBag:
         self.name = name or "<tar>"
         self._tree = BagTree()
         self.problems: list[Problem] = self._tree.problems
+        self.warnings: list[Problem] = []
         self.compression: str | None = None
         self._started = False
 
@@ -354,8 +358,20 @@ class TarBag:
                 return
             if events and events[-1] != "end":
                 after = shown(last) if last is not None else "the start"
-                self._record_damage(f"{events[-1]} after {after}")
-                return
+                if events[-1] == _NO_END_MARKER and archive.fileobj.tell() >= archive.offset:
+                    # The last member is whole, padding and all, and nothing follows:
+                    # DART writes its tars so; GNU tar and tarfile read them.
+                    self.warnings.append(
+                        Problem(
+                            self.name,
+                            f"no end-of-archive marker after {after} (as DART writes "
+                            "tars): read to its end",
+                        )
+                    )
+                else:
+                    corrupt = events[-1].startswith("corrupt header")
+                    self._record_damage(f"{events[-1]} after {after}", corrupt=corrupt)
+                    return
             self._drain(tar_bytes)
 
     def _drain(self, tar_bytes: BinaryIO) -> None:
