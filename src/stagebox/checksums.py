@@ -7,6 +7,11 @@ from collections.abc import Iterable
 from typing import BinaryIO
 
 SUPPORTED = ("md5", "sha1", "sha256", "sha512")
+# Every fixed-length digest hashlib guarantees: what a BagIt manifest may name
+# (bagit-python takes the same set); SHAKE's length is not fixed, so not these.
+HASHLIB_ALGORITHMS = frozenset(
+    name for name in hashlib.algorithms_guaranteed if not name.startswith("shake_")
+)
 BUFFER_SIZE = 1 << 20
 
 
@@ -19,7 +24,7 @@ class MultiHasher:
     def __init__(self, algorithms: Iterable[str] = ("sha256",)) -> None:
         algos = tuple(dict.fromkeys(algorithms))
         for name in algos:
-            if name not in SUPPORTED:
+            if name not in HASHLIB_ALGORITHMS:
                 raise ValueError(f"unsupported checksum algorithm {name!r}")
         self._hashes = {name: hashlib.new(name) for name in algos}
         self.length = 0

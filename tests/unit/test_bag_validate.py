@@ -202,12 +202,12 @@ def test_malformed_manifest_lines_and_unsupported_algorithms(tmp_path):
     bag = make_bag_dir(tmp_path)
     with (bag / "manifest-sha256.txt").open("a") as f:
         f.write("justadigest\n")
-    (bag / "manifest-sha224.txt").write_text("")
+    (bag / "manifest-md4x.txt").write_text("")
 
     lines = errors(validate_path(bag))
 
     assert "manifest-sha256.txt: line 6: not a 'DIGEST PATH' line: justadigest" in lines
-    assert has(lines, "manifest-sha224.txt: unsupported algorithm sha224 for a payload manifest")
+    assert has(lines, "manifest-md4x.txt: unsupported algorithm md4x for a payload manifest")
 
 
 def test_an_unsupported_version_and_a_bom_in_bagit_txt(tmp_path):
@@ -469,3 +469,34 @@ def test_only_top_level_files_are_manifests(tmp_path):
     (bag / "extra/manifest-whirlpool.txt").write_text("not a manifest of this bag\n")
 
     assert errors(validate_path(to_tar(bag))) == []
+
+
+@pytest.mark.parametrize("algorithm", ["sha224", "sha384", "sha3_256", "blake2b"])
+@pytest.mark.parametrize("form", ["directory", "tar", "tar.gz", "zip"])
+def test_a_bag_whose_only_manifests_are_any_hashlib_digest_is_checked(tmp_path, algorithm, form):
+    # RFC 8493 names no fixed set of algorithms: every one hashlib offers is checked
+    bag = make_bag_dir(tmp_path, algorithms=(algorithm,))
+    spoilt = make_bag_dir(tmp_path / "spoilt", algorithms=(algorithm,))
+    (spoilt / "data/a.txt").write_bytes(b"ALPHA\n")  # same size: only the digest tells
+    serialise = {
+        "directory": lambda b: b,
+        "tar": to_tar,
+        "tar.gz": lambda b: to_tar(b, compression="gz"),
+        "zip": to_zip,
+    }[form]
+
+    assert errors(validate_path(serialise(bag))) == []
+    found = errors(validate_path(serialise(spoilt)))
+    assert found == [f"data/a.txt: {algorithm} digest mismatch: manifest-{algorithm}.txt says "
+                     f"{found[0].split(' says ')[1].split(',')[0]}, file has "
+                     f"{hashlib.new(algorithm, b'ALPHA' + bytes([10])).hexdigest()}"]  # fmt: skip
+
+
+def test_an_algorithm_hashlib_does_not_offer_is_an_error(tmp_path):
+    bag = make_bag_dir(tmp_path, algorithms=("sha256",))
+    (bag / "manifest-whirlpool.txt").write_text("00  data/a.txt\n")
+
+    assert (
+        "manifest-whirlpool.txt: unsupported algorithm whirlpool for a payload manifest: "
+        "it is none of the digests Python's hashlib offers" in errors(validate_path(bag))
+    )

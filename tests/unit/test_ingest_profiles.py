@@ -98,3 +98,19 @@ def test_a_dart_style_tar_is_stored_and_its_job_says_how_it_ended(ctx, receiving
 
     assert view["status"] == "succeeded", view["errors"]
     assert any("no end-of-archive marker after bag1/" in w for w in view["warnings"]), view
+
+
+def test_a_bag_whose_only_manifest_is_sha384_is_checked_and_stored(ctx, receiving, ingest,
+                                                                   tmp_path):  # fmt: skip
+    to_tar(make_bag_dir(tmp_path / "good", algorithms=("sha384",)), receiving / "bag1.tar")
+    spoilt = make_bag_dir(tmp_path / "spoilt", "bag2", algorithms=("sha384",))
+    (spoilt / "data/a.txt").write_bytes(b"ALPHA\n")
+    to_tar(spoilt, receiving / "bag2.tar")
+
+    views = {v["bag"]: v for v in ingest("none").values()}
+
+    assert views["bag1.tar"]["status"] == "succeeded", views["bag1.tar"]["errors"]
+    assert views["bag2.tar"]["status"] == "failed"
+    assert [e.split(":")[0:2] for e in views["bag2.tar"]["errors"]] == [
+        ["data/a.txt", " sha384 digest mismatch"]
+    ]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from stagebox.checksums import MultiHasher
+from stagebox.checksums import HASHLIB_ALGORITHMS, MultiHasher
 from stagebox.errors import InvalidInput
 from stagebox.ingest.bagtree import BagTree, name_rule, shown
 from stagebox.ingest.problems import Problem
@@ -47,7 +47,7 @@ class BagEntry:
     """One regular file of a bag, as a reader recorded it.
 
     ``path`` is relative to the bag's top directory; ``digests`` maps an
-    algorithm of :data:`ALGORITHMS` to a lower-case hex digest, for those
+    algorithm (hashlib's name) to a lower-case hex digest, for those
     computed (none at all is fine in ``fast`` mode).
     """
 
@@ -115,9 +115,9 @@ def read_bag(path: Path, *, hash_files: bool = True) -> BagRead:
     if not stat.S_ISREG(mode):
         raise InvalidInput(str(path), "not a directory, tar or zip")
     algorithms = ALGORITHMS if hash_files else ()
-    if _archive_kind(path) == "zip":
-        return read_zip(path, algorithms)
-    return read_tar(path, algorithms)
+    bag = read_zip(path, algorithms) if _archive_kind(path) == "zip" else read_tar(path, algorithms)
+    _hash_again(bag, path, algorithms)
+    return bag
 
 
 def _archive_kind(path: Path) -> str:
@@ -177,7 +177,23 @@ _ONLY = "a bag holds only regular files and directories"
 
 def _manifest_algorithms(names: list[str]) -> tuple[str, ...]:
     found = {m.group(1) for n in names if (m := _MANIFEST_ALGORITHM.fullmatch(n))}
-    return tuple(a for a in ALGORITHMS if a in found)
+    return tuple(sorted(found & HASHLIB_ALGORITHMS))
+
+
+def _hash_again(bag: BagRead, path: Path, algorithms: tuple[str, ...]) -> None:
+    """When the manifests name algorithms that were not computed while the archive
+    streamed (its manifests may come after the payload), read it once more for those
+    only: rare (sha224, sha384, sha3_*, blake2...) and costing a second read."""
+    if not algorithms:
+        return
+    missing = tuple(a for a in _manifest_algorithms(list(bag.entries)) if a not in algorithms)
+    if not missing:
+        return
+    again = read_zip(path, missing) if bag.serialization == "zip" else read_tar(path, missing)
+    for name, entry in again.entries.items():
+        if name in bag.entries:
+            old = bag.entries[name]
+            bag.entries[name] = BagEntry(name, old.size, {**old.digests, **entry.digests})
 
 
 def read_tar(path: Path, algorithms: tuple[str, ...] = ALGORITHMS) -> BagRead:
