@@ -177,6 +177,7 @@ def two_file_tar() -> bytes:
         (4150, {"a": 3000, "b": 0}, "it ends inside bag/b"),
         # b's bytes are all there, but not the padding of its last block
         (4196, {"a": 3000, "b": 100}, "unexpected end of data after bag/b"),
+        (4607, {"a": 3000, "b": 100}, "unexpected end of data after bag/b"),
         (4808, {"a": 3000, "b": 100}, "cut inside a header after bag/b"),
     ],
 )
@@ -217,6 +218,33 @@ def test_garbage_after_the_last_member_is_an_error(two_file_tar):
     assert len(files) == 2
     assert rules(tar)[0].startswith("bag.tar: corrupt tar: corrupt header"), rules(tar)
     assert tar.warnings == []
+
+
+def test_a_header_with_a_bad_checksum_after_a_member_is_an_error(two_file_tar):
+    spoilt = bytearray(two_file_tar[:4608])  # no end blocks, so only the checksum tells
+    spoilt[3584 + 148] ^= 0x01  # the checksum field of b's header
+
+    files, tar = read_all(bytes(spoilt))
+
+    assert list(files) == ["a"] and tar.warnings == []
+    assert rules(tar) == ["bag.tar: corrupt tar: corrupt header (bad checksum) after bag/a"]
+
+
+@pytest.mark.parametrize("cut", [-4, -8], ids=["part of the trailer", "no trailer"])
+def test_a_gzip_stream_cut_short_is_truncation_even_without_end_blocks(two_file_tar, cut):
+    gz = gzip.compress(two_file_tar[:4608])
+
+    files, tar = read_all(gz[:cut])
+
+    assert len(files) == 2 and tar.warnings == []
+    assert rules(tar)[0].startswith("bag.tar: truncated tar:"), rules(tar)
+
+
+def test_a_gzipped_tar_whose_last_padding_is_cut_is_truncation(two_file_tar):
+    files, tar = read_all(gzip.compress(two_file_tar[:4300]))
+
+    assert len(files) == 2 and tar.warnings == []
+    assert rules(tar) == ["bag.tar: truncated tar: unexpected end of data after bag/b"]
 
 
 def test_a_tar_cut_after_its_end_marker_is_whole(two_file_tar):

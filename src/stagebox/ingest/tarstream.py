@@ -312,6 +312,13 @@ class TarBag:
         when the data of a yielded member is cut short, its reader returns what
         was there and then ``b""``. Only the caller's stream raising OSError
         raises here. A TarBag is iterated once.
+
+        A tar (or a whole gzip, bzip2 or xz stream of one) that ends right after
+        its last member's data and that data's padding to 512 bytes, with no
+        end-of-archive blocks, is read to its end with one warning in
+        :attr:`warnings`, as GNU tar reads it. A final padding block that is only
+        partly there is truncation, as GNU tar says too ("Unexpected EOF in
+        archive"); so are a cut inside a header and a compressed stream cut short.
         """
         if self._started:
             raise RuntimeError("a TarBag reads its stream once")
