@@ -6,6 +6,7 @@ import hashlib
 import os
 import tarfile
 import unicodedata
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -500,3 +501,51 @@ def test_an_algorithm_hashlib_does_not_offer_is_an_error(tmp_path):
         "manifest-whirlpool.txt: unsupported algorithm whirlpool for a payload manifest: "
         "it is none of the digests Python's hashlib offers" in errors(validate_path(bag))
     )
+
+
+@pytest.mark.parametrize(
+    "bagit_txt, rule",
+    [
+        ("BagIt-Version: 0.97\n", "has 1 lines; RFC 8493 requires exactly two"),
+        ("Tag-File-Character-Encoding: UTF-8\nBagIt-Version: 0.97\n",
+         "line 1 must be the BagIt-Version tag"),
+        ("BagIt-Version: 0.97\nTag-File-Character-Encoding: UTF-8\nContact: me\n",
+         "has 3 lines"),
+        ("BagIt-Version:0.97\nTag-File-Character-Encoding: UTF-8\n",
+         "line 1: BagIt-Version:0.97 is not 'LABEL: VALUE'"),
+        ("BagIt-Version :  0.97\nTag-File-Character-Encoding: UTF-8\n",
+         "line 1: BagIt-Version :  0.97 is not 'LABEL: VALUE'"),
+        ("BagIt-Version: 0.97\nTag-File-Character-Encoding: UTF-8 \n",
+         "line 2: Tag-File-Character-Encoding: UTF-8  is not 'LABEL: VALUE'"),
+        ("BagIt-Version: 0.97\n\nTag-File-Character-Encoding: UTF-8\n", "has 3 lines"),
+    ],
+)  # fmt: skip
+def test_bagit_txt_has_exactly_the_form_rfc_8493_gives(tmp_path, bagit_txt, rule):
+    bag = make_bag_dir(tmp_path)
+    (bag / "bagit.txt").write_text(bagit_txt)
+
+    found = errors(validate_path(bag, fast=True))
+
+    assert any(e.startswith(f"bagit.txt: {rule}") for e in found), found
+
+
+def test_what_rfc_8493_says_a_bag_should_do_is_a_warning_only(tmp_path):
+    bag = make_bag_dir(tmp_path, payload={"a.txt": b"alpha\n"})  # ASCII: latin-1 reads it
+    (bag / "bagit.txt").write_text("BagIt-Version: 0.97\nTag-File-Character-Encoding: latin-1\n")
+    with (bag / "bag-info.txt").open("a") as f:
+        f.write("Bag-Count: one of many\nBag-Group-Identifier: a\nBag-Group-Identifier: b\n")
+    (bag / "bag-info.txt").write_text(
+        (bag / "bag-info.txt").read_text().replace("Bagging-Date: ", "Bagging-Date: on ")
+    )
+
+    report = validate_path(bag, fast=True)
+
+    assert report.valid, errors(report)
+    assert [str(w) for w in report.warnings] == [
+        "bagit.txt: Tag-File-Character-Encoding is latin-1; RFC 8493 says it should be UTF-8",
+        "bag-info.txt: Bag-Group-Identifier appears 2 times; RFC 8493 says it should not be "
+        "repeated",
+        f"bag-info.txt: Bagging-Date on {date.today().isoformat()} is not in RFC 8493's form "
+        "(YYYY-MM-DD)",
+        "bag-info.txt: Bag-Count one of many is not in RFC 8493's form (N of T, T a number or ?)",
+    ]

@@ -49,6 +49,7 @@ from stagebox.ingest.tagfiles import (
     ManifestLine,
     decode_text,
     escape_rule,
+    lines,
     parse_fetch,
     parse_manifest,
     parse_tags,
@@ -70,6 +71,14 @@ _MANIFEST = re.compile(r"manifest-([^/]+)\.txt")
 _TAG_MANIFEST = re.compile(r"tagmanifest-([^/]+)\.txt")
 _VERSION = re.compile(r"(\d+)\.(\d+)")
 _OXUM = re.compile(r"(\d+)\.(\d+)")
+_BAGIT_TXT_LABELS = ("BagIt-Version", "Tag-File-Character-Encoding")
+_BAGIT_TXT_LINE = re.compile(r"[^\s:]+: \S(?:.*\S)?")
+# RFC 8493 2.2.2: "Bagging-Date: Date (YYYY-MM-DD)"; "Bag-Count: Two numbers
+# separated by "of", in particular, "N of T", ... T MAY be "?""
+_RESERVED_FORMS = (
+    ("Bagging-Date", re.compile(r"\d{4}-\d{2}-\d{2}"), "YYYY-MM-DD"),
+    ("Bag-Count", re.compile(r"\d+ of (\d+|\?)"), "N of T, T a number or ?"),
+)
 
 
 def validate(
@@ -191,6 +200,7 @@ class _Validation:
         info = self.tags(info_name)
         if info is not None:
             self._oxum(info_name, info)
+            self._reserved(info_name, info)
         manifests = self._manifests(_MANIFEST, "payload manifest")
         if not manifests and not any(_MANIFEST.fullmatch(p) for p in self.tag_files):
             report.error("", "no payload manifest: BagIt requires a manifest-<algorithm>.txt")
@@ -250,6 +260,7 @@ class _Validation:
         except UnicodeDecodeError as exc:
             report.error("bagit.txt", f"not valid UTF-8: byte {exc.start} cannot be decoded")
             return
+        self._bagit_txt_form(text)
         values: dict[str, list[str]] = {}
         for label, value in parse_tags("bagit.txt", text, report):
             values.setdefault(label, []).append(value)
@@ -268,11 +279,40 @@ class _Validation:
                 report.error("bagit.txt", f"unsupported BagIt version {version} (0.93 to 1.0)")
         encoding = values.get("Tag-File-Character-Encoding", ["UTF-8"])[0]
         try:
-            codecs.lookup(encoding)
+            codec = codecs.lookup(encoding)
         except LookupError:
             report.error("bagit.txt", f"unknown Tag-File-Character-Encoding {shown(encoding)}")
         else:
             self.encoding = encoding
+            if codec.name != "utf-8":
+                # RFC 8493 2.1.1: "The ENCODING SHOULD be "UTF-8""
+                report.warn(
+                    "bagit.txt",
+                    f"Tag-File-Character-Encoding is {shown(encoding)}; RFC 8493 says it "
+                    "should be UTF-8",
+                )
+
+    def _bagit_txt_form(self, text: str) -> None:
+        """RFC 8493 2.1.1: bagit.txt "MUST consist of exactly two lines in this
+        order: BagIt-Version: M.N / Tag-File-Character-Encoding: ENCODING"."""
+        found = lines(text)
+        if len(found) != 2:
+            self.report.error(
+                "bagit.txt",
+                f"has {len(found)} lines; RFC 8493 requires exactly two "
+                "(BagIt-Version, then Tag-File-Character-Encoding)",
+            )
+        for number, (line, label) in enumerate(zip(found, _BAGIT_TXT_LABELS, strict=False), 1):
+            if line.split(":", 1)[0].strip() != label:
+                self.report.error(
+                    "bagit.txt", f"line {number} must be the {label} tag, not {shown(line)}"
+                )
+            elif not _BAGIT_TXT_LINE.fullmatch(line):
+                self.report.error(
+                    "bagit.txt",
+                    f"line {number}: {shown(line)} is not 'LABEL: VALUE' with one colon and "
+                    "one space between, and no other whitespace around them",
+                )
 
     def _oxum(self, info_name: str, info: list[tuple[str, str]]) -> None:
         values = [value for label, value in info if label == "Payload-Oxum"]
@@ -295,6 +335,27 @@ class _Validation:
                 f"Payload-Oxum {values[0]} does not match the payload: "
                 f"{found[0]} bytes in {found[1]} files",
             )
+
+    def _reserved(self, info_name: str, info: list[tuple[str, str]]) -> None:
+        """RFC 8493 2.2.2's SHOULDs on the reserved bag-info labels, as warnings."""
+        values: dict[str, list[str]] = {}
+        for label, value in info:
+            values.setdefault(label, []).append(value)
+        for label in ("Bagging-Date", "Bag-Size", "Bag-Group-Identifier", "Bag-Count"):
+            # "This metadata element SHOULD NOT be repeated." (Payload-Oxum: see _oxum)
+            if len(values.get(label, [])) > 1:
+                self.report.warn(
+                    info_name,
+                    f"{label} appears {len(values[label])} times; RFC 8493 says it "
+                    "should not be repeated",
+                )
+        for label, pattern, form in _RESERVED_FORMS:
+            for value in values.get(label, [])[:1]:
+                if not pattern.fullmatch(value):
+                    self.report.warn(
+                        info_name,
+                        f"{label} {shown(value)} is not in RFC 8493's form ({form})",
+                    )
 
     def _algorithms(self, pattern: re.Pattern[str]) -> frozenset[str]:
         return frozenset(m.group(1) for p in self.tag_files if (m := pattern.fullmatch(p)))
