@@ -426,7 +426,8 @@ class _Validation:
             return ""
         if not path.startswith("data/"):
             report.error(
-                "fetch.txt", f"{where}: {shown(path)} is not a payload file (not under data/)"
+                "fetch.txt",
+                f"{where}: the path '{shown(path)}' is not a payload file (not under data/)",
             )
             return ""
         absent = [m.name for m in manifests if path not in m.lines]
@@ -443,7 +444,7 @@ class _Validation:
                 if not line.path.startswith("data/"):
                     report.error(
                         manifest.name,
-                        f"line {line.number}: {shown(line.path)} is not a payload file "
+                        f"line {line.number}: the path '{shown(line.path)}' is not a payload file "
                         "(not under data/)",
                     )
                 elif line.path in self.payload:
