@@ -185,7 +185,9 @@ def test_fetch_txt_lines_are_checked(tmp_path):
     assert "fetch.txt: line 1: malformed URL not-a-url" in lines
     assert "fetch.txt: line 2: the length must be a number of bytes or '-', not six" in lines
     assert has(lines, "fetch.txt: line 3: the path ../../etc/passwd climbs out of the bag")
-    assert "fetch.txt: line 4: the path 'bagit.txt' is not a payload file (not under data/)" in lines
+    assert "fetch.txt: line 4: the path 'bagit.txt' is not a payload file (not under data/)" in (
+        lines
+    )
     assert has(lines, "data/unlisted.txt: listed in fetch.txt but not in manifest-md5.txt")
     assert has(lines, "fetch.txt: line 6: not a 'URL LENGTH PATH' line")
 
