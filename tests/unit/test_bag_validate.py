@@ -13,7 +13,16 @@ import pytest
 
 from stagebox.ingest import bagread
 from stagebox.ingest.bagit import ALGORITHMS, BagEntry, Problem, Report, validate, validate_path
-from tests.bags import TarBuilder, broken_bag, make_bag_dir, set_version, to_tar, to_zip
+from tests.bags import (
+    TarBuilder,
+    broken_bag,
+    make_bag_dir,
+    retag,
+    set_tag,
+    set_version,
+    to_tar,
+    to_zip,
+)
 
 
 def errors(report: Report) -> list[str]:
@@ -78,6 +87,15 @@ def test_only_the_manifests_algorithms_are_hashed_for_a_directory(tmp_path):
 
     assert set(read.entries["data/a.txt"].digests) == {"sha256"}
     assert set(bagread.read_bag(to_tar(bag)).entries["data/a.txt"].digests) == set(ALGORITHMS)
+
+
+def test_a_tar_whose_manifests_need_another_algorithm_is_read_again_for_it_alone(tmp_path):
+    tar = to_tar(make_bag_dir(tmp_path, algorithms=("sha384",)))
+
+    entry = bagread.read_bag(tar).entries["data/a.txt"]
+
+    assert set(entry.digests) == {*ALGORITHMS, "sha384"}  # the four while streaming, then one
+    assert entry.digests["sha384"] == hashlib.sha384(b"alpha\n").hexdigest()
 
 
 # -- bad bags: each error names the entry and the rule ---------------------------
@@ -474,12 +492,34 @@ def test_only_top_level_files_are_manifests(tmp_path):
     assert errors(validate_path(to_tar(bag))) == []
 
 
-@pytest.mark.parametrize("algorithm", ["sha224", "sha384", "sha3_256", "blake2b"])
+def rfc_named_bag(root: Path, algorithm: str, name: str = "bag1") -> Path:
+    """A bag made by bagit-python with hashlib's ``algorithm``, its manifests
+    renamed as RFC 8493 section 2.4 spells it (``sha3_256`` -> ``sha3256``)."""
+    bag = make_bag_dir(root, name, algorithms=(algorithm,))
+    spelt = algorithm.replace("_", "")
+    if spelt != algorithm:
+        (bag / f"manifest-{algorithm}.txt").rename(bag / f"manifest-{spelt}.txt")
+        (bag / f"tagmanifest-{algorithm}.txt").unlink()
+        listed = sorted(p for p in bag.iterdir() if p.is_file())
+        (bag / f"tagmanifest-{spelt}.txt").write_text(
+            "".join(
+                f"{hashlib.new(algorithm, p.read_bytes()).hexdigest()}  {p.name}\n" for p in listed
+            )  # fmt: skip
+        )
+    return bag
+
+
+@pytest.mark.parametrize(
+    "spelt, algorithm",
+    [("sha224", "sha224"), ("sha384", "sha384"), ("sha3256", "sha3_256"), ("blake2b", "blake2b")],
+)
 @pytest.mark.parametrize("form", ["directory", "tar", "tar.gz", "zip"])
-def test_a_bag_whose_only_manifests_are_any_hashlib_digest_is_checked(tmp_path, algorithm, form):
+def test_a_bag_whose_only_manifests_are_any_hashlib_digest_is_checked(
+    tmp_path, spelt, algorithm, form
+):
     # RFC 8493 names no fixed set of algorithms: every one hashlib offers is checked
-    bag = make_bag_dir(tmp_path, algorithms=(algorithm,))
-    spoilt = make_bag_dir(tmp_path / "spoilt", algorithms=(algorithm,))
+    bag = rfc_named_bag(tmp_path, algorithm)
+    spoilt = rfc_named_bag(tmp_path / "spoilt", algorithm)
     (spoilt / "data/a.txt").write_bytes(b"ALPHA\n")  # same size: only the digest tells
     serialise = {
         "directory": lambda b: b,
@@ -490,7 +530,7 @@ def test_a_bag_whose_only_manifests_are_any_hashlib_digest_is_checked(tmp_path, 
 
     assert errors(validate_path(serialise(bag))) == []
     found = errors(validate_path(serialise(spoilt)))
-    assert found == [f"data/a.txt: {algorithm} digest mismatch: manifest-{algorithm}.txt says "
+    assert found == [f"data/a.txt: {spelt} digest mismatch: manifest-{spelt}.txt says "
                      f"{found[0].split(' says ')[1].split(',')[0]}, file has "
                      f"{hashlib.new(algorithm, b'ALPHA' + bytes([10])).hexdigest()}"]  # fmt: skip
 
@@ -505,10 +545,22 @@ def test_an_algorithm_hashlib_does_not_offer_is_an_error(tmp_path):
     )
 
 
+@pytest.mark.parametrize("written", ["sha3_256", "SHA256", "sha-512"])
+def test_an_algorithm_name_not_normalized_as_rfc_8493_says_is_an_error(tmp_path, written):
+    bag = make_bag_dir(tmp_path, algorithms=("sha256",))
+    (bag / f"manifest-{written}.txt").write_text("")
+    spelt = written.lower().replace("_", "").replace("-", "")
+
+    assert errors(validate_path(bag)) == [
+        f"manifest-{written}.txt: the algorithm name {written} is not normalized as RFC 8493 "
+        f"requires (lower case, letters and digits only): name it manifest-{spelt}.txt"
+    ]
+
+
 @pytest.mark.parametrize(
     "bagit_txt, rule",
     [
-        ("BagIt-Version: 0.97\n", "has 1 lines; RFC 8493 requires exactly two"),
+        ("BagIt-Version: 0.97\n", "has 1 line; RFC 8493 requires exactly two"),
         ("Tag-File-Character-Encoding: UTF-8\nBagIt-Version: 0.97\n",
          "line 1 must be the BagIt-Version tag"),
         ("BagIt-Version: 0.97\nTag-File-Character-Encoding: UTF-8\nContact: me\n",
@@ -520,6 +572,19 @@ def test_an_algorithm_hashlib_does_not_offer_is_an_error(tmp_path):
         ("BagIt-Version: 0.97\nTag-File-Character-Encoding: UTF-8 \n",
          "line 2: Tag-File-Character-Encoding: UTF-8  is not 'LABEL: VALUE'"),
         ("BagIt-Version: 0.97\n\nTag-File-Character-Encoding: UTF-8\n", "has 3 lines"),
+        ("BagIt-Version: 0.97\nTag-File-Character-Encoding: UTF-8\n\n",
+         "has 3 lines; RFC 8493 requires exactly two (BagIt-Version, then "
+         "Tag-File-Character-Encoding); line 3: an empty line"),
+        ("BagIt-Version:\t0.97\nTag-File-Character-Encoding: UTF-8\n",
+         "line 1: BagIt-Version:\\x090.97 is not 'LABEL: VALUE'"),
+        (" BagIt-Version: 0.97\nTag-File-Character-Encoding: UTF-8\n",
+         "line 1:  BagIt-Version: 0.97 is not 'LABEL: VALUE'"),
+        ("bagit-version: 0.97\nTag-File-Character-Encoding: UTF-8\n",
+         "line 1 must be the BagIt-Version tag, not bagit-version: 0.97"),
+        ("BagIt-Version: 0.97\nTag-File-Character-Encoding:\n",
+         "line 2: Tag-File-Character-Encoding: is not 'LABEL: VALUE'"),
+        ("BagIt-Version: 1.0\r\nTag-File-Character-Encoding:  UTF-8\r\n",
+         "line 2: Tag-File-Character-Encoding:  UTF-8 is not 'LABEL: VALUE'"),
     ],
 )  # fmt: skip
 def test_bagit_txt_has_exactly_the_form_rfc_8493_gives(tmp_path, bagit_txt, rule):
@@ -550,4 +615,137 @@ def test_what_rfc_8493_says_a_bag_should_do_is_a_warning_only(tmp_path):
         f"bag-info.txt: Bagging-Date on {date.today().isoformat()} is not in RFC 8493's form "
         "(YYYY-MM-DD)",
         "bag-info.txt: Bag-Count one of many is not in RFC 8493's form (N of T, T a number or ?)",
+    ]
+
+
+def _sha224_manifests(bag: Path) -> None:
+    paths = [
+        line.split(None, 1)[1] for line in (bag / "manifest-sha256.txt").read_text().splitlines()
+    ]
+    (bag / "manifest-sha224.txt").write_text(
+        "".join(f"{hashlib.sha224((bag / p).read_bytes()).hexdigest()}  {p}\n" for p in paths)
+    )
+    (bag / "tagmanifest-sha224.txt").write_text("")
+    retag(bag)
+
+
+def _md5sum_stars(bag: Path) -> None:
+    manifest = bag / "manifest-sha256.txt"
+    manifest.write_text(
+        "".join(line.replace("  ", " *", 1) + "\n" for line in manifest.read_text().splitlines())
+    )
+    retag(bag)
+
+
+def _no_last_line_end(bag: Path, name: str) -> None:
+    (bag / name).write_text((bag / name).read_text().rstrip("\n"))
+    retag(bag)
+
+
+def _appended(bag: Path, name: str, text: str) -> None:
+    with (bag / name).open("a") as f:
+        f.write(text)
+    retag(bag)
+
+
+def _tag_manifest_lists_less(bag: Path) -> None:
+    manifest = bag / "tagmanifest-sha512.txt"
+    kept = [line for line in manifest.read_text().splitlines() if "bag-info.txt" not in line]
+    manifest.write_text("\n".join(kept) + "\n")
+
+
+WHERE_RFC_8493_SAYS_SHOULD = {
+    # 2.2.2 "Bagging-Date: Date (YYYY-MM-DD)"
+    "Bagging-Date is a date": (
+        lambda bag: set_tag(bag, "bag-info.txt", "Bagging-Date", "2024-02-30"),
+        ["bag-info.txt: Bagging-Date 2024-02-30 is not in RFC 8493's form (YYYY-MM-DD)"],
+    ),
+    # 2.2.2 "Bag-Size: ... followed by an abbreviation such as MB (megabytes), GB, or TB"
+    "Bag-Size has a unit": (
+        lambda bag: set_tag(bag, "bag-info.txt", "Bag-Size", "big"),
+        ["bag-info.txt: Bag-Size big is not in RFC 8493's form (a size and a unit, as 42.6 GB)"],
+    ),
+    # 2.2.2 "This metadata element SHOULD NOT be repeated"; names are case-insensitive
+    "Bag-Count is not repeated": (
+        lambda bag: _appended(
+            bag, "bag-info.txt", "Bag-Count: 1 of 2\nbag-count: 2 of 2\nBag-Group-Identifier: g\n"
+        ),
+        ["bag-info.txt: Bag-Count appears 2 times; RFC 8493 says it should not be repeated"],
+    ),
+    # 2.2.2 "it is RECOMMENDED to also include the Bag-Group-Identifier element"
+    "Bag-Count comes with Bag-Group-Identifier": (
+        lambda bag: set_tag(bag, "bag-info.txt", "Bag-Count", "1 of ?"),
+        ["bag-info.txt: Bag-Count without Bag-Group-Identifier; RFC 8493 recommends giving both"],
+    ),
+    # 2.3 "It is RECOMMENDED that the last line in a tag file also ends with LF, CR, or CRLF"
+    "bag-info.txt ends its last line": (
+        lambda bag: _no_last_line_end(bag, "bag-info.txt"),
+        ["bag-info.txt: the last line has no line end (LF, CR or CRLF); RFC 8493 recommends one"],
+    ),
+    "bagit.txt ends its last line": (
+        lambda bag: _no_last_line_end(bag, "bagit.txt"),
+        ["bagit.txt: the last line has no line end (LF, CR or CRLF); RFC 8493 recommends one"],
+    ),
+    # 2.2.1 "Tag manifests SHOULD use the same algorithms as the payload manifests"
+    "tag manifests use the payload manifests' algorithms": (
+        lambda bag: (bag / "tagmanifest-sha512.txt").unlink(),
+        ["manifest-sha512.txt: no tag manifest uses sha512; RFC 8493 says tag manifests should "
+         "use the payload manifests' algorithms"],
+    ),
+    # 2.2.1 "each tag manifest SHOULD list the same set of tag files"
+    "tag manifests list the same tag files": (
+        _tag_manifest_lists_less,
+        ["tagmanifest-sha512.txt: does not list bag-info.txt, which another tag manifest lists; "
+         "RFC 8493 says each should list the same tag files"],
+    ),
+    # 2.4 "the checksum algorithm SHOULD be registered in IANA's "Named Information Hash
+    # Algorithm Registry""
+    "the algorithm is a registered one": (
+        _sha224_manifests,
+        [f"{name}: sha224 is not in IANA's Named Information Hash Algorithm Registry; RFC 8493 "
+         "says a manifest's algorithm should be (or be md5 or sha1)"
+         for name in ("manifest-sha224.txt", "tagmanifest-sha224.txt")],
+    ),
+    # Legacy Checksum Tools: accepting md5sum's '*' "MUST warn the user"
+    "no md5sum '*' before manifest paths": (
+        _md5sum_stars,
+        ["manifest-sha256.txt: 5 lines (first: line 1) put md5sum's binary-mode '*' before the "
+         "path: read without it, but the bag will fail strict validation"],
+    ),
+    # 2.2.3 "length is the number of octets in the file"
+    "a fetch.txt length is the file's size": (
+        lambda bag: _appended(bag, "fetch.txt", "https://example.org/a.txt 7 data/a.txt\n"),
+        ["fetch.txt: line 1: the length 7 is not the size of data/a.txt (6 bytes)"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("should", WHERE_RFC_8493_SAYS_SHOULD)
+@pytest.mark.parametrize("form", ["directory", "tar"])
+def test_each_should_a_bag_breaks_is_a_warning_and_the_bag_stays_valid(tmp_path, should, form):
+    bag = make_bag_dir(tmp_path, algorithms=("sha256", "sha512"))
+    spoil, expected = WHERE_RFC_8493_SAYS_SHOULD[should]
+    spoil(bag)
+
+    report = validate_path(bag if form == "directory" else to_tar(bag))
+
+    assert errors(report) == []
+    assert warnings(report) == expected
+
+
+def test_a_bag_that_keeps_every_should_has_no_warning(tmp_path):
+    bag = make_bag_dir(tmp_path, algorithms=("sha256", "sha512"))
+    set_tag(bag, "bag-info.txt", "Bag-Size", "10 KB")
+    set_tag(bag, "bag-info.txt", "Bag-Count", "1 of 2")
+    set_tag(bag, "bag-info.txt", "Bag-Group-Identifier", "deposit-7")
+
+    assert warnings(validate_path(to_tar(bag))) == []
+
+
+def test_payload_oxum_given_twice_is_an_error_as_rfc_8493_says_it_must_not_be(tmp_path):
+    bag = make_bag_dir(tmp_path)
+    _appended(bag, "bag-info.txt", "payload-oxum: 10269.5\n")  # reserved names ignore case
+
+    assert errors(validate_path(bag)) == [
+        "bag-info.txt: Payload-Oxum appears 2 times; RFC 8493 allows it once (the first is checked)"
     ]

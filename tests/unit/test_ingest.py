@@ -73,6 +73,33 @@ def test_a_good_bag_is_staged_validated_verified_and_stored(ctx, receiving, inge
     assert tar_path.exists()  # the receiving tar stays unless asked
 
 
+def test_a_bag_whose_only_manifests_are_sha384_is_checked_and_stored(
+    ctx, receiving, ingest, tmp_path
+):
+    # staging records md5, sha1, sha256 and sha512: validate reads the staged files
+    # again for sha384, so a wrong byte is still caught
+    bag_tar(receiving, tmp_path, algorithms=("sha384",))
+    spoilt = make_bag_dir(tmp_path / "spoilt", "bag2", info=INFO, algorithms=("sha384",))
+    (spoilt / "data/a.txt").write_bytes(b"ALPHA\n")
+    to_tar(spoilt, receiving / "bag2.tar")
+
+    outcome = ingest()
+
+    views = {v["bag"]: v for v in (jobs.show_job(ctx, job_id) for job_id in outcome)}
+    good, bad = views["bag1.tar"], views["bag2.tar"]
+    assert (good["status"], good["stage"], good["warnings"]) == ("succeeded", "done", [])
+    files = {f["path"]: f for f in good["files"]}
+    assert {"manifest-sha384.txt", "tagmanifest-sha384.txt", "data/a.txt"} <= set(files)
+    assert {f["state"] for f in files.values()} == {"stored"}
+    assert ctx.store.open_read(files["data/a.txt"]["stored_key"]).read() == b"alpha\n"
+    said, found = (hashlib.sha384(data).hexdigest() for data in (b"alpha\n", b"ALPHA\n"))
+    assert bad["status"] == "failed"
+    assert bad["errors"] == [
+        f"data/a.txt: sha384 digest mismatch: manifest-sha384.txt says {said}, file has {found}"
+    ]
+    assert staged_keys(ctx) == []
+
+
 def test_the_same_bag_is_never_ingested_twice(ctx, receiving, ingest, tmp_path):
     bag_tar(receiving, tmp_path)
     first = ingest()

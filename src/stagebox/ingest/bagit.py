@@ -7,16 +7,26 @@ a tar it has already staged. :func:`validate_path` is the same for a bag on
 disk (a directory, a tar or a zip), read once here.
 
 Every problem is collected, not only the first, each naming the entry and the
-rule. The verdicts follow bagit-python (the test oracle), with deliberate
-differences where it is laxer than RFC 8493 or than the ingest worker can be:
+rule. A MUST of RFC 8493 a bag breaks is an error; a SHOULD (or RECOMMENDED) it
+breaks is a warning, which never makes it invalid. The verdicts follow bagit-python
+(the test oracle), with deliberate differences where it is laxer than RFC 8493
+or than the ingest worker can be, and RFC 8493 decides:
 
 - every payload manifest must list every payload file (bagit-python is content
   with any one manifest listing it), and every fetch.txt path must be listed
   in the payload manifests;
 - a malformed manifest line is an error (bagit-python logs and skips it); a
   payload manifest may list only paths under ``data/``;
-- a manifest for an algorithm hashlib does not offer is an error (it cannot be
-  checked), and BagIt versions above 1.0 are refused;
+- any algorithm Python's hashlib offers is checked, named as RFC 8493 section
+  2.4 normalises it (``manifest-sha3256.txt``, which bagit-python does not
+  see); hashlib's own spelling (``manifest-sha3_256.txt``, which bagit-python
+  writes) breaks that MUST and is an error, as is an algorithm hashlib lacks;
+- bagit.txt must be exactly its two lines, in order, as ``LABEL: VALUE``
+  (bagit-python takes any order, extra lines and other whitespace); BagIt
+  versions above 1.0 are refused;
+- Payload-Oxum given twice is an error (bagit-python warns and takes the
+  first), and the reserved bag-info labels are case-insensitive
+  (``payload-oxum`` is checked; bagit-python ignores it);
 - in BagIt 1.0 bags, ``%25`` in manifest and fetch.txt paths decodes to ``%``;
 - ``fast`` also checks that the manifests and the payload list the same files
   (bagit-python's fast checks only Payload-Oxum, and needs one).
@@ -39,20 +49,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from stagebox.checksums import HASHLIB_ALGORITHMS
-from stagebox.ingest.bagread import ALGORITHMS, BagEntry, read_bag
+from stagebox.ingest.bagread import BagEntry, read_bag
 from stagebox.ingest.bagtree import shown
+from stagebox.ingest.digests import ALGORITHMS
 from stagebox.ingest.problems import Problem, Report
 from stagebox.ingest.profiles import AutoProfile, BagSummary, Profile
 from stagebox.ingest.tagfiles import (
     FetchLine,
     ManifestLine,
+    check_algorithm,
+    check_declaration,
+    check_last_line,
+    check_reserved,
+    check_tag_manifests,
     decode_text,
     escape_rule,
-    lines,
     parse_fetch,
     parse_manifest,
     parse_tags,
+    reserved_values,
 )
 
 __all__ = [
@@ -71,14 +86,9 @@ _MANIFEST = re.compile(r"manifest-([^/]+)\.txt")
 _TAG_MANIFEST = re.compile(r"tagmanifest-([^/]+)\.txt")
 _VERSION = re.compile(r"(\d+)\.(\d+)")
 _OXUM = re.compile(r"(\d+)\.(\d+)")
-_BAGIT_TXT_LABELS = ("BagIt-Version", "Tag-File-Character-Encoding")
-_BAGIT_TXT_LINE = re.compile(r"[^\s:]+: \S(?:.*\S)?")
-# RFC 8493 2.2.2: "Bagging-Date: Date (YYYY-MM-DD)"; "Bag-Count: Two numbers
-# separated by "of", in particular, "N of T", ... T MAY be "?""
-_RESERVED_FORMS = (
-    ("Bagging-Date", re.compile(r"\d{4}-\d{2}-\d{2}"), "YYYY-MM-DD"),
-    ("Bag-Count", re.compile(r"\d+ of (\d+|\?)"), "N of T, T a number or ?"),
-)
+# The tag files RFC 8493 describes, which "MUST adhere to the text tag file
+# format" of its section 2.3 (other tag files MAY).
+_RFC_TAG_FILE = re.compile(r"(bag|package)-info\.txt|fetch\.txt|(tag)?manifest-[^/]+\.txt")
 
 
 def validate(
@@ -240,7 +250,10 @@ class _Validation:
         except OSError as exc:
             self.report.error(path, f"could not be read: {exc}")
             return None
-        return decode_text(path, data, self.encoding, self.report)
+        text = decode_text(path, data, self.encoding, self.report)
+        if text is not None and _RFC_TAG_FILE.fullmatch(path):
+            check_last_line(path, text, self.report)
+        return text
 
     def _bagit_txt(self) -> None:
         report = self.report
@@ -260,7 +273,8 @@ class _Validation:
         except UnicodeDecodeError as exc:
             report.error("bagit.txt", f"not valid UTF-8: byte {exc.start} cannot be decoded")
             return
-        self._bagit_txt_form(text)
+        check_declaration(text, report)
+        check_last_line("bagit.txt", text, report)
         values: dict[str, list[str]] = {}
         for label, value in parse_tags("bagit.txt", text, report):
             values.setdefault(label, []).append(value)
@@ -285,42 +299,24 @@ class _Validation:
         else:
             self.encoding = encoding
             if codec.name != "utf-8":
-                # RFC 8493 2.1.1: "The ENCODING SHOULD be "UTF-8""
+                # RFC 8493 section 2.1.1: "ENCODING SHOULD be "UTF-8"", and 2.3: "The
+                # use of UTF-8 for text tag files is strongly RECOMMENDED."
                 report.warn(
                     "bagit.txt",
                     f"Tag-File-Character-Encoding is {shown(encoding)}; RFC 8493 says it "
                     "should be UTF-8",
                 )
 
-    def _bagit_txt_form(self, text: str) -> None:
-        """RFC 8493 2.1.1: bagit.txt "MUST consist of exactly two lines in this
-        order: BagIt-Version: M.N / Tag-File-Character-Encoding: ENCODING"."""
-        found = lines(text)
-        if len(found) != 2:
-            self.report.error(
-                "bagit.txt",
-                f"has {len(found)} lines; RFC 8493 requires exactly two "
-                "(BagIt-Version, then Tag-File-Character-Encoding)",
-            )
-        for number, (line, label) in enumerate(zip(found, _BAGIT_TXT_LABELS, strict=False), 1):
-            if line.split(":", 1)[0].strip() != label:
-                self.report.error(
-                    "bagit.txt", f"line {number} must be the {label} tag, not {shown(line)}"
-                )
-            elif not _BAGIT_TXT_LINE.fullmatch(line):
-                self.report.error(
-                    "bagit.txt",
-                    f"line {number}: {shown(line)} is not 'LABEL: VALUE' with one colon and "
-                    "one space between, and no other whitespace around them",
-                )
-
     def _oxum(self, info_name: str, info: list[tuple[str, str]]) -> None:
-        values = [value for label, value in info if label == "Payload-Oxum"]
+        values = reserved_values(info).get("Payload-Oxum", [])
         if not values:
             return
         if len(values) > 1:
-            self.report.warn(
-                info_name, f"Payload-Oxum appears {len(values)} times; the first counts"
+            # RFC 8493 section 2.2.2: "This metadata element MUST NOT be repeated."
+            self.report.error(
+                info_name,
+                f"Payload-Oxum appears {len(values)} times; RFC 8493 allows it once "
+                "(the first is checked)",
             )
         match = _OXUM.fullmatch(values[0])
         if match is None:
@@ -337,25 +333,8 @@ class _Validation:
             )
 
     def _reserved(self, info_name: str, info: list[tuple[str, str]]) -> None:
-        """RFC 8493 2.2.2's SHOULDs on the reserved bag-info labels, as warnings."""
-        values: dict[str, list[str]] = {}
-        for label, value in info:
-            values.setdefault(label, []).append(value)
-        for label in ("Bagging-Date", "Bag-Size", "Bag-Group-Identifier", "Bag-Count"):
-            # "This metadata element SHOULD NOT be repeated." (Payload-Oxum: see _oxum)
-            if len(values.get(label, [])) > 1:
-                self.report.warn(
-                    info_name,
-                    f"{label} appears {len(values[label])} times; RFC 8493 says it "
-                    "should not be repeated",
-                )
-        for label, pattern, form in _RESERVED_FORMS:
-            for value in values.get(label, [])[:1]:
-                if not pattern.fullmatch(value):
-                    self.report.warn(
-                        info_name,
-                        f"{label} {shown(value)} is not in RFC 8493's form ({form})",
-                    )
+        """RFC 8493 section 2.2.2's SHOULDs on the reserved bag-info labels, as warnings."""
+        check_reserved(info_name, info, self.report)
 
     def _algorithms(self, pattern: re.Pattern[str]) -> frozenset[str]:
         return frozenset(m.group(1) for p in self.tag_files if (m := pattern.fullmatch(p)))
@@ -367,12 +346,7 @@ class _Validation:
             if match is None:
                 continue
             algorithm = match.group(1)
-            if algorithm not in HASHLIB_ALGORITHMS:
-                self.report.error(
-                    name,
-                    f"unsupported algorithm {shown(algorithm)} for a {kind}: "
-                    "it is none of the digests Python's hashlib offers",
-                )
+            if not check_algorithm(name, algorithm, kind, self.report):
                 continue
             text = self._text(name)
             if text is None:
@@ -433,6 +407,15 @@ class _Validation:
         absent = [m.name for m in manifests if path not in m.lines]
         if absent:
             report.error(path, f"listed in fetch.txt but not in {', '.join(absent)}")
+        present = self.payload.get(path)
+        if present is not None and line.length.isdigit() and int(line.length) != present.size:
+            # RFC 8493 section 2.2.3: "length is the number of octets in the file (or
+            # "-", to leave it unspecified)"; 5.3: it "cannot be guaranteed to match".
+            report.warn(
+                "fetch.txt",
+                f"{where}: the length {line.length} is not the size of {shown(path)} "
+                f"({present.size} bytes)",
+            )
         return path
 
     def _payload(self, manifests: list[_Manifest], fetched: set[str]) -> None:
@@ -473,6 +456,13 @@ class _Validation:
                 report.error(shown(path), f"payload file not listed in {', '.join(absent)}")
 
     def _tags(self, tag_manifests: list[_Manifest]) -> None:
+        if self.rules >= (0, 97):  # tag manifests came with 0.97
+            check_tag_manifests(
+                self._algorithms(_MANIFEST),
+                self._algorithms(_TAG_MANIFEST),
+                {m.name: m.lines.keys() for m in tag_manifests},
+                self.report,
+            )
         for manifest in tag_manifests:
             for line in manifest.lines.values():
                 if line.path not in self.entries:

@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from stagebox.checksums import HASHLIB_ALGORITHMS, MultiHasher
 from stagebox.errors import InvalidInput
 from stagebox.ingest.bagtree import BagTree, name_rule, shown
+from stagebox.ingest.digests import ALGORITHMS, MANIFEST_ALGORITHMS, ManifestHasher
 from stagebox.ingest.problems import Problem
 from stagebox.ingest.tarstream import CHUNK, TarBag
 
-ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
 TAG_FILE_LIMIT = 64 << 20
 
 _ARCHIVE_SUFFIXES = {
@@ -47,8 +46,9 @@ class BagEntry:
     """One regular file of a bag, as a reader recorded it.
 
     ``path`` is relative to the bag's top directory; ``digests`` maps an
-    algorithm (hashlib's name) to a lower-case hex digest, for those
-    computed (none at all is fine in ``fast`` mode).
+    algorithm, named as a manifest names it (``sha256``, ``sha3256``: see
+    :func:`stagebox.ingest.digests.normalized`), to a lower-case hex digest,
+    for those computed (none at all is fine in ``fast`` mode).
     """
 
     path: str
@@ -83,7 +83,7 @@ class BagRead:
 
     def add(self, path: str, stream: IO[bytes], algorithms: tuple[str, ...]) -> None:
         """Read ``stream`` to its end once: hash it, keep it if it is a top-level file."""
-        hasher = MultiHasher(algorithms)
+        hasher = ManifestHasher(algorithms)
         kept: bytearray | None = bytearray() if "/" not in path else None
         while chunk := stream.read(CHUNK):
             hasher.update(chunk)
@@ -177,13 +177,13 @@ _ONLY = "a bag holds only regular files and directories"
 
 def _manifest_algorithms(names: list[str]) -> tuple[str, ...]:
     found = {m.group(1) for n in names if (m := _MANIFEST_ALGORITHM.fullmatch(n))}
-    return tuple(sorted(found & HASHLIB_ALGORITHMS))
+    return tuple(sorted(found & MANIFEST_ALGORITHMS))
 
 
 def _hash_again(bag: BagRead, path: Path, algorithms: tuple[str, ...]) -> None:
     """When the manifests name algorithms that were not computed while the archive
     streamed (its manifests may come after the payload), read it once more for those
-    only: rare (sha224, sha384, sha3_*, blake2...) and costing a second read."""
+    only: rare (sha224, sha384, sha3256, blake2b...) and costing a second read."""
     if not algorithms:
         return
     missing = tuple(a for a in _manifest_algorithms(list(bag.entries)) if a not in algorithms)
@@ -200,7 +200,9 @@ def read_tar(path: Path, algorithms: tuple[str, ...] = ALGORITHMS) -> BagRead:
     """A tarred bag, streamed once through :class:`TarBag`.
 
     A tar's manifests may come after its payload, so every file is hashed with
-    all the ``algorithms`` the manifests might use.
+    all the ``algorithms`` the manifests are likely to use (:data:`ALGORITHMS`).
+    When a manifest turns out to use another one (rare), :func:`read_bag` reads
+    the tar a second time, hashing only the algorithms still missing.
     """
     bag = BagRead()
     with path.open("rb") as f:

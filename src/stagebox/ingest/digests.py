@@ -1,24 +1,100 @@
-"""Every BagIt algorithm over one stream, on two cores.
+"""BagIt's digests: which algorithm a manifest names, and the common four on two cores.
 
-hashlib releases the GIL while it hashes a large buffer. The calling thread
-hashes each chunk with sha256 and sha1 (and reads and writes it); a helper
-thread, the :class:`HashLane`, hashes the same chunk with md5 and sha512, taking
-chunks from a bounded queue so the caller never waits for it mid-file and
-memory stays at a few chunks. The two sides cost about the same per byte.
+A manifest's algorithm is named as RFC 8493 section 2.4 normalises it (lower
+case, letters and digits only: ``sha384``, ``sha3256``, ``blake2b512``);
+:data:`MANIFEST_ALGORITHMS` holds every such name Python's hashlib can compute
+here, and :class:`ManifestHasher` computes any of them.
+
+:data:`ALGORITHMS` are the four the ingest worker records while it stages a
+tar. hashlib releases the GIL while it hashes a large buffer: the calling
+thread hashes each chunk with sha256 and sha1 (and reads and writes it); a
+helper thread, the :class:`HashLane`, hashes the same chunk with md5 and
+sha512, taking chunks from a bounded queue so the caller never waits for it
+mid-file and memory stays at a few chunks. The two sides cost about the same
+per byte.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import queue
+import re
 import threading
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-from stagebox.ingest.bagit import ALGORITHMS
+# What staging records for every file (the catalog has a column for each).
+ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
 
 # Below this a hand-off to the lane costs more than it saves.
 SPLIT_AT = 64 << 10
+
+
+def normalized(name: str) -> str:
+    """An algorithm's name as a manifest must spell it: RFC 8493 section 2.4, "The
+    name of the checksum algorithm MUST be normalized for use in the manifest's
+    filename by lowercasing the common name of the algorithm and removing all
+    non-alphanumeric characters" (``SHA3-256`` and hashlib's ``sha3_256`` are
+    ``sha3256``)."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _constructors() -> dict[str, Callable[[], Any]]:
+    found: dict[str, Callable[[], Any]] = {}
+    for name in sorted(hashlib.algorithms_available):
+        if name.startswith("shake"):
+            continue  # its length is the caller's choice: a manifest name cannot say it
+        try:
+            hashlib.new(name)
+        except ValueError:
+            continue  # listed, but this OpenSSL will not compute it (md4 without "legacy")
+        found.setdefault(normalized(name), functools.partial(hashlib.new, name))
+    # The common names with their size: hashlib's blake2b and blake2s are the full
+    # 512 and 256 bits; BLAKE2b-256 and -384 are the same function made shorter.
+    found["blake2b512"] = hashlib.blake2b
+    found["blake2s256"] = hashlib.blake2s
+    found["blake2b256"] = functools.partial(hashlib.blake2b, digest_size=32)
+    found["blake2b384"] = functools.partial(hashlib.blake2b, digest_size=48)
+    return found
+
+
+_CONSTRUCTORS = _constructors()
+
+MANIFEST_ALGORITHMS = frozenset(_CONSTRUCTORS)
+"""Every algorithm name (RFC 8493 form) a manifest may use that stagebox can check."""
+
+# RFC 8493 section 2.4: "the checksum algorithm SHOULD be registered in IANA's
+# "Named Information Hash Algorithm Registry" [...] but MAY for backwards
+# compatibility also be MD5 [RFC1321] or SHA-1 [RFC3174]". The registry's
+# algorithms, in manifest names (blake2b and blake2s are its blake2b-512 and
+# blake2s-256); sha224, sha512224, ripemd160 or sm3 are not in it.
+REGISTERED = frozenset(
+    {"sha256", "sha384", "sha512", "sha3224", "sha3256", "sha3384", "sha3512"}
+    | {"blake2b256", "blake2b512", "blake2b", "blake2s256", "blake2s"}
+    | {"md5", "sha1"}
+)
+
+
+class ManifestHasher:
+    """Digests of one stream for any of :data:`MANIFEST_ALGORITHMS`; feed with :meth:`update`.
+
+    An unknown name raises KeyError. ``length`` counts the bytes fed.
+    """
+
+    def __init__(self, algorithms: Iterable[str]) -> None:
+        self._hashes = {name: _CONSTRUCTORS[name]() for name in dict.fromkeys(algorithms)}
+        self.length = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        for h in self._hashes.values():
+            h.update(data)
+        self.length += len(data)
+
+    def hexdigests(self) -> dict[str, str]:
+        """Lower-case hex digests by algorithm name."""
+        return {name: h.hexdigest() for name, h in self._hashes.items()}
 
 
 class HashLane:

@@ -30,11 +30,11 @@ from typing import Any, BinaryIO
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from stagebox.checksums import BUFFER_SIZE, HASHLIB_ALGORITHMS, MultiHasher
+from stagebox.checksums import BUFFER_SIZE, MultiHasher
 from stagebox.errors import NotFound, StageboxError, StorageError
 from stagebox.ingest import jobs
 from stagebox.ingest.bagit import ALGORITHMS, BagEntry, Problem, validate
-from stagebox.ingest.digests import BagHasher, HashLane
+from stagebox.ingest.digests import MANIFEST_ALGORITHMS, BagHasher, HashLane, ManifestHasher
 from stagebox.ingest.profiles import from_job
 from stagebox.ingest.tarstream import Member, TarBag
 from stagebox.server.db.models import IngestFile, IngestJob, IngestStage, IngestStatus, utcnow
@@ -365,14 +365,15 @@ def run_validate(attempt: Attempt) -> None:
         }
         uuids = {r.path: r.uuid for r in rows}
     staging, prefix = attempt.staging, attempt.prefix
-    extra = sorted((named & HASHLIB_ALGORITHMS) - set(ALGORITHMS))
+    extra = sorted((named & MANIFEST_ALGORITHMS) - set(ALGORITHMS))
     if extra:
         # A manifest of an algorithm staging did not compute (sha224, sha384...):
         # rare, so the staged files are read once more for those digests only.
         for path, entry in list(entries.items()):
-            hasher = MultiHasher(extra)
+            hasher = ManifestHasher(extra)
             with staging.open_read(prefix + uuids[path]) as f:
-                hasher.update_from(f, entry.size)
+                while chunk := f.read(BUFFER_SIZE):
+                    hasher.update(chunk)
             entries[path] = BagEntry(path, entry.size, {**entry.digests, **hasher.hexdigests()})
 
     def read_tag(path: str) -> bytes:
