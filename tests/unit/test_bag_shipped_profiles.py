@@ -23,7 +23,8 @@ from tests.bags import (
     to_zip,
 )
 
-PROFILES = Path(__file__).resolve().parents[3] / "shared" / "profiles"
+# APTrust's and BTR's published profile files, copied here as they are (see its README).
+PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 APTRUST_FILE = PROFILES / "aptrust-v2.3.json"
 BTR_FILE = PROFILES / "btr-v1.0.json"
 
