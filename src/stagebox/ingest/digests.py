@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+from stagebox.checksums import MultiHasher
+
 # What staging records for every file (the catalog has a column for each).
 ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
 
@@ -77,24 +79,13 @@ REGISTERED = frozenset(
 )
 
 
-class ManifestHasher:
-    """Digests of one stream for any of :data:`MANIFEST_ALGORITHMS`; feed with :meth:`update`.
-
-    An unknown name raises KeyError. ``length`` counts the bytes fed.
-    """
+class ManifestHasher(MultiHasher):
+    """Digests of one stream for any of :data:`MANIFEST_ALGORITHMS` (RFC 8493 names);
+    feed with :meth:`update`. An unknown name raises KeyError."""
 
     def __init__(self, algorithms: Iterable[str]) -> None:
+        super().__init__(())
         self._hashes = {name: _CONSTRUCTORS[name]() for name in dict.fromkeys(algorithms)}
-        self.length = 0
-
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        for h in self._hashes.values():
-            h.update(data)
-        self.length += len(data)
-
-    def hexdigests(self) -> dict[str, str]:
-        """Lower-case hex digests by algorithm name."""
-        return {name: h.hexdigest() for name, h in self._hashes.items()}
 
 
 class HashLane:
