@@ -74,6 +74,9 @@ def journal_key(uploader: str, file: LocalFile) -> str:
     return SEP.join(parts)
 
 
+JOURNAL_WAIT = 60.0  # seconds a journal write waits for another process's
+
+
 class Journal:
     """Thread-safe; every write is its own small transaction.
 
@@ -86,7 +89,11 @@ class Journal:
         self.path = path
         self.uploader = uploader
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # Two uploads on one machine share the journal: wait for the other's
+        # write (sqlite's default is 5 s, too short on a busy instrument PC).
+        self._db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=JOURNAL_WAIT
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
