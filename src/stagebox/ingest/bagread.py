@@ -15,7 +15,7 @@ import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -145,7 +145,7 @@ def _archive_kind(path: Path) -> str:
 def read_directory(root: Path, *, hash_files: bool = True) -> BagRead:
     """A bag directory: every regular file under ``root``; symlinks and special files refused."""
     bag = BagRead(payload_dir=(root / "data").is_dir() and not (root / "data").is_symlink())
-    algorithms = _manifest_algorithms(os.listdir(root)) if hash_files else ()
+    algorithms = manifest_algorithms(os.listdir(root)) if hash_files else ()
     pending = [(root, "")]
     while pending:
         directory, prefix = pending.pop()
@@ -175,7 +175,8 @@ def read_directory(root: Path, *, hash_files: bool = True) -> BagRead:
 _ONLY = "a bag holds only regular files and directories"
 
 
-def _manifest_algorithms(names: list[str]) -> tuple[str, ...]:
+def manifest_algorithms(names: Iterable[str]) -> tuple[str, ...]:
+    """The algorithms (that stagebox can check) the (tag) manifests among ``names`` use."""
     found = {m.group(1) for n in names if (m := _MANIFEST_ALGORITHM.fullmatch(n))}
     return tuple(sorted(found & MANIFEST_ALGORITHMS))
 
@@ -186,7 +187,7 @@ def _hash_again(bag: BagRead, path: Path, algorithms: tuple[str, ...]) -> None:
     only: rare (sha224, sha384, sha3256, blake2b...) and costing a second read."""
     if not algorithms:
         return
-    missing = tuple(a for a in _manifest_algorithms(list(bag.entries)) if a not in algorithms)
+    missing = tuple(a for a in manifest_algorithms(list(bag.entries)) if a not in algorithms)
     if not missing:
         return
     again = read_zip(path, missing) if bag.serialization == "zip" else read_tar(path, missing)

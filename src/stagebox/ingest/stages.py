@@ -34,7 +34,8 @@ from stagebox.checksums import BUFFER_SIZE, MultiHasher
 from stagebox.errors import NotFound, StageboxError, StorageError
 from stagebox.ingest import jobs
 from stagebox.ingest.bagit import ALGORITHMS, BagEntry, Problem, validate
-from stagebox.ingest.digests import MANIFEST_ALGORITHMS, BagHasher, HashLane, ManifestHasher
+from stagebox.ingest.bagread import manifest_algorithms
+from stagebox.ingest.digests import BagHasher, HashLane, ManifestHasher
 from stagebox.ingest.profiles import from_job
 from stagebox.ingest.tarstream import Member, TarBag
 from stagebox.server.db.models import IngestFile, IngestJob, IngestStage, IngestStatus, utcnow
@@ -338,9 +339,6 @@ def run_stage(attempt: Attempt) -> None:
 # -- validate ------------------------------------------------------------------
 
 
-_MANIFEST_NAME = re.compile(r"(?:tag)?manifest-(.+)\.txt")
-
-
 def run_validate(attempt: Attempt) -> None:
     """Judge the bag from what ``stage`` recorded; only tag files are read again."""
     job = attempt.job
@@ -356,7 +354,7 @@ def run_validate(attempt: Attempt) -> None:
         )
         # Only the digests some manifest uses: for a bag of many small files the
         # other three would be most of what validation holds in memory.
-        named = {m.group(1) for t in tags if (m := _MANIFEST_NAME.fullmatch(t))}
+        named = set(manifest_algorithms(tags))
         used = [a for a in ALGORITHMS if a in named]
         columns = [getattr(IngestFile, a) for a in used]
         rows = _files(s, job.id, IngestFile.path, IngestFile.size, IngestFile.uuid, *columns)
@@ -365,7 +363,7 @@ def run_validate(attempt: Attempt) -> None:
         }
         uuids = {r.path: r.uuid for r in rows}
     staging, prefix = attempt.staging, attempt.prefix
-    extra = sorted((named & MANIFEST_ALGORITHMS) - set(ALGORITHMS))
+    extra = sorted(named - set(ALGORITHMS))
     if extra:
         # A manifest of an algorithm staging did not compute (sha224, sha384...):
         # rare, so the staged files are read once more for those digests only.
