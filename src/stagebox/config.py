@@ -73,6 +73,25 @@ class Settings(BaseSettings):
     audit_check_interval: float = Field(
         3600.0, gt=0, description="seconds between looks for objects due an audit"
     )
+    sftp_port: int | None = Field(
+        None, ge=1, le=65535, description="the built-in SFTP/SCP endpoint's port; off if unset"
+    )
+    sftp_host: str | None = Field(None, description="address the endpoint listens on; host's")
+    sftp_box: str | None = Field(
+        None, description="the sftp staging box the endpoint serves; the only one if unset"
+    )
+    sftp_login_timeout: float = Field(
+        30.0, gt=0, description="seconds a connection may take to authenticate"
+    )
+    sftp_idle_timeout: float = Field(
+        900.0, gt=0, description="seconds a session may send nothing before it is closed"
+    )
+    sftp_max_connections: int = Field(
+        16, ge=1, le=1024, description="connections one uploader may hold at once"
+    )
+    sftp_max_open_files: int = Field(
+        64, ge=1, le=4096, description="files one session may hold open"
+    )
     public_url: str | None = Field(
         None, description="base URL clients reach; from the request if unset"
     )

@@ -99,6 +99,9 @@ class SshOptions:
     known_hosts: Path
     accept_new_host_key: bool = False
     connect_timeout: float = 15.0
+    # The fingerprint the stagebox server says its sftp endpoint has: a first
+    # contact that offers exactly it is checked, not merely trusted.
+    host_key: str | None = None
 
 
 class HostKeys:
@@ -132,7 +135,13 @@ async def trusted_keys(target: SshTarget, options: SshOptions) -> list[asyncssh.
     if trusted:
         return trusted
     offered = await _offered_key(target, options)
-    if not options.accept_new_host_key:
+    if options.host_key is not None and fingerprint(offered) != options.host_key:
+        raise HostKeyError(
+            f"the host key of {host_pattern(target.host, target.port)} is "
+            f"{fingerprint(offered)}, but the stagebox server says its endpoint has "
+            f"{options.host_key}: refusing to connect"
+        )
+    if options.host_key is None and not options.accept_new_host_key:
         raise HostKeyError(
             f"unknown host key for {host_pattern(target.host, target.port)} "
             f"({fingerprint(offered)}); check it with the staging host's admin, then rerun "

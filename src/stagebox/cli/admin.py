@@ -133,6 +133,10 @@ def box_add(
     sftp_root: Annotated[
         str | None, typer.Option(help="PATH as seen from the staging host (default: --path)")
     ] = None,
+    sftp_endpoint: Annotated[
+        str | None,
+        typer.Option(help="who serves it: stagebox (stagebox sftp-serve) or openssh (sshd)"),
+    ] = None,
 ) -> None:
     """Add a storage box: local (--path, and --sftp-* for an sftp staging box) or
     s3 (--bucket, --prefix, --endpoint-url, --region; credentials from the AWS chain)."""
@@ -150,6 +154,7 @@ def box_add(
             sftp_port=sftp_port,
             sftp_user=sftp_user,
             sftp_root=sftp_root,
+            sftp_endpoint=sftp_endpoint,
             bucket=bucket,
             prefix=prefix,
             endpoint_url=endpoint_url,
@@ -165,7 +170,7 @@ def _staging_warnings(box: dict[str, Any]) -> list[str]:
     """What the staging-host recipe asks of an sftp staging root, checked here."""
     import stat
 
-    if not box.get("sftp_host"):
+    if not box.get("sftp_host") or box.get("sftp_endpoint") == "stagebox":
         return []
     st = Path(box["path"]).stat()
     warnings = []
@@ -342,3 +347,29 @@ def audit_command(
         )
     bad = sum(n for result, n in summary.counts.items() if result != "ok")
     raise typer.Exit(0 if bad == 0 else 1)
+
+
+@app.command("sftp-hostkey")
+def sftp_hostkey(
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="replace the key (clients must accept the new one)")
+    ] = False,
+) -> None:
+    """The built-in SFTP endpoint's host key: made on first use, printed as its
+    fingerprint, recorded on every box the endpoint serves so `stagebox register
+    --status` can show it to uploaders."""
+    from stagebox.sftpd import endpoint
+
+    settings = _settings()
+    path = endpoint.host_key_path(settings)
+    existed = path.exists()
+    key = endpoint.write_host_key(path) if rotate else endpoint.load_host_key(settings, create=True)
+    fingerprint = key.get_fingerprint("sha256")
+    catalog = _catalog()
+    try:
+        endpoint.record_host_key(catalog, fingerprint)
+    finally:
+        catalog.dispose()
+    made = "rotated" if rotate and existed else "made" if not existed or rotate else "kept"
+    typer.echo(f"{made} {path}", err=True)
+    typer.echo(fingerprint)

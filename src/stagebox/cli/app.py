@@ -19,6 +19,7 @@ from stagebox.cli import (
     packages,
     register,
     serve,
+    sftpd,
     upload,
     verify,
     watch,
@@ -34,6 +35,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.command("serve")(serve.serve)
+app.command("sftp-serve")(sftpd.sftp_serve)
 app.command("upload")(upload.upload)
 app.command("verify")(verify.verify)
 app.command("watch")(watch.watch)

@@ -18,10 +18,10 @@ def _line(request: dict[str, Any] | None) -> str:
     head = f"request {request['id']} ({request['fingerprint']}): {request['state']}"
     if request["state"] == "approved" and request.get("sftp"):
         sftp = request["sftp"]
-        return (
-            f"{head} on box {request['box']} "
-            f"(sftp {sftp['user']}@{sftp['host']}:{sftp['port']} {sftp['root']})"
-        )
+        where = f"sftp {sftp['user']}@{sftp['host']}:{sftp['port']} {sftp['root']}"
+        if sftp.get("host_key"):
+            where += f"; host key {sftp['host_key']}"
+        return f"{head} on box {request['box']} ({where})"
     if request.get("reason"):
         return f"{head}: {request['reason']}"
     return head

@@ -30,6 +30,10 @@ def serve(
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
     md5: Annotated[bool | None, typer.Option(help="also compute md5 (MyTardis)")] = None,
+    sftp_port: Annotated[
+        int | None,
+        typer.Option(help="also run the built-in SFTP/SCP endpoint on this port"),
+    ] = None,
     init: Init = False,
 ) -> None:
     """Run the server: API, tus uploads, verification and promotion.
@@ -50,6 +54,7 @@ def serve(
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
         md5=md5,
+        sftp_port=sftp_port,
     )
     if settings.ssl_certfile:
         _check_tls(settings.ssl_certfile, settings.ssl_keyfile)

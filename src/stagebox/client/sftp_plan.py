@@ -78,11 +78,14 @@ def plan(
         key=key,
         known_hosts=known_hosts or identity.known_hosts_path(),
         accept_new_host_key=accept_new_host_key,
+        host_key=sftp.get("host_key"),
     )
+    # stagebox's own endpoint sets modes itself and refuses chmod; OpenSSH's needs them.
+    modes = sftp.get("endpoint", "openssh") != "stagebox"
     # Once, before any thread connects: a first contact is recorded once.
     ssh.run(ssh.trusted_keys(target, options))
     # The first thread's connection is made while the tree is scanned and registered.
-    first = SftpTransport(target, options, sftp["root"])
+    first = SftpTransport(target, options, sftp["root"], set_modes=modes)
     first.connect_soon()
     spare = [first]
 
@@ -90,7 +93,7 @@ def plan(
         try:
             return spare.pop()
         except IndexError:
-            return SftpTransport(target, options, sftp["root"])
+            return SftpTransport(target, options, sftp["root"], set_modes=modes)
 
     def close() -> None:
         while spare:

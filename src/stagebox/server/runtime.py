@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import TYPE_CHECKING
 
 from stagebox.config import Settings
 from stagebox.server.db.session import Catalog
 from stagebox.server.services import audit, verify
 from stagebox.server.services.context import ServerContext
 from stagebox.tasks import Sweeper, ThreadTaskRunner
+
+if TYPE_CHECKING:
+    from stagebox.sftpd.endpoint import InThread
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +39,24 @@ class Runtime:
         self.ctx = build_context(settings)
         self._sweeper = Sweeper(partial(verify.sweep, self.ctx), settings.sweep_interval)
         self._auditor = audit.Auditor(self.ctx)
+        self._sftp: InThread | None = None
 
     def start(self) -> None:
         counts = verify.sweep(self.ctx)
         if any(counts.values()):
             log.info("start-up sweep resubmitted %s", counts)
+        settings = self.ctx.settings
+        if settings.sftp_port is not None:
+            from stagebox.sftpd.endpoint import InThread
+
+            self._sftp = InThread(self.ctx)
+            self._sftp.start(settings.sftp_host or settings.host, settings.sftp_port)
         self._sweeper.start()
         self._auditor.start()
 
     def stop(self) -> None:
+        if self._sftp is not None:
+            self._sftp.stop()
         self._sweeper.stop()
         self._auditor.stop()
         self.ctx.runner.shutdown()

@@ -309,6 +309,13 @@ class LocalBackend(StorageBackend):
         finally:
             os.close(fd)
 
+    @contextmanager
+    def directory(self, dirs: list[str]) -> Iterator[int]:
+        """A descriptor of the directory ``dirs`` (components of a cleaned key),
+        reached from the root without following symlinks (the sftp endpoint's)."""
+        with self._parent(dirs) as fd:
+            yield fd
+
     def _walk(self, dirs: list[str], create: bool) -> int:
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(self.root, flags)

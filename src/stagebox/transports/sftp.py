@@ -58,8 +58,10 @@ class SftpTransport(Transport):
         options: ssh.SshOptions,
         root: str,
         queue_depth: int = 16,
+        set_modes: bool = True,
     ) -> None:
         self.target = target
+        self.set_modes = set_modes  # OpenSSH staging: group-writable for the server
         self.options = options
         self.root = root.rstrip("/")  # this uploader's own staging directory
         self._depth = queue_depth
@@ -137,10 +139,8 @@ class SftpTransport(Transport):
             await sftp.remove(part)
             size = None
         flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT
-        handle = await sftp.open(
-            part, flags, attrs=asyncssh.SFTPAttrs(permissions=FILE_MODE), encoding=None
-        )
-        if size is None:
+        handle = await sftp.open(part, flags, attrs=self._attrs(FILE_MODE), encoding=None)
+        if size is None and self.set_modes:
             await handle.chmod(FILE_MODE)  # the server's umask must not narrow it
         return size or 0, handle
 
@@ -154,14 +154,18 @@ class SftpTransport(Transport):
             path = posixpath.dirname(path)
         for directory in reversed(missing):
             try:
-                await sftp.mkdir(directory, asyncssh.SFTPAttrs(permissions=DIR_MODE))
+                await sftp.mkdir(directory, self._attrs(DIR_MODE))
             except asyncssh.SFTPFailure:
                 if await remote_size(sftp, directory, directory=True) is None:
                     raise
             else:
-                await sftp.chmod(directory, DIR_MODE)
+                if self.set_modes:
+                    await sftp.chmod(directory, DIR_MODE)
             self._dirs.add(directory)
         self._dirs.add(path)
+
+    def _attrs(self, mode: int) -> asyncssh.SFTPAttrs:
+        return asyncssh.SFTPAttrs(permissions=mode) if self.set_modes else asyncssh.SFTPAttrs()
 
     def write(self, offset: int, chunk: bytes) -> None:
         if self._file is None:
@@ -227,9 +231,7 @@ class SftpTransport(Transport):
     async def _put(self, sftp: asyncssh.SFTPClient, path: str, parts: list[bytes]) -> None:
         await self._makedirs(sftp, posixpath.dirname(path))
         flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
-        async with sftp.open(
-            path, flags, attrs=asyncssh.SFTPAttrs(permissions=FILE_MODE), encoding=None
-        ) as handle:
+        async with sftp.open(path, flags, attrs=self._attrs(FILE_MODE), encoding=None) as handle:
             offset = 0
             writes = []
             for part in parts:

@@ -24,6 +24,8 @@ _REGION = re.compile(r"^[a-z0-9-]{2,32}$")
 # Linux's PATH_MAX less its NUL, and NAME_MAX: longer cannot be created.
 MAX_PATH = 4095
 MAX_NAME = 255
+# Who serves an sftp box: OpenSSH's sshd (the staging-host recipe) or `stagebox sftp-serve`.
+ENDPOINTS = ("openssh", "stagebox")
 
 
 def _absolute(value: str, field: str) -> str:
@@ -53,6 +55,7 @@ def add_box(
     sftp_port: int | None = None,
     sftp_user: str | None = None,
     sftp_root: str | None = None,
+    sftp_endpoint: str | None = None,
     bucket: str | None = None,
     prefix: str | None = None,
     endpoint_url: str | None = None,
@@ -62,7 +65,12 @@ def add_box(
     name = clean_component(name, "name")
     if role not in BoxRole.__members__:
         raise InvalidInput("role", f"must be one of {', '.join(BoxRole)}", role)
-    sftp = {"sftp_host": sftp_host, "sftp_port": sftp_port, "sftp_user": sftp_user}
+    sftp = {
+        "sftp_host": sftp_host,
+        "sftp_port": sftp_port,
+        "sftp_user": sftp_user,
+        "sftp_endpoint": sftp_endpoint,
+    }
     if backend == "s3":
         if path is not None:
             raise InvalidInput("path", "is for local boxes; an s3 box takes --bucket")
@@ -88,11 +96,15 @@ def add_box(
         port = 22 if sftp_port is None else sftp_port
         if not 1 <= port <= 65535:
             raise InvalidInput("sftp_port", "must be between 1 and 65535", sftp_port)
+        endpoint = sftp_endpoint or "openssh"
+        if endpoint not in ENDPOINTS:
+            raise InvalidInput("sftp_endpoint", f"must be one of {', '.join(ENDPOINTS)}", endpoint)
         attributes.update(
             sftp_host=sftp_host,
             sftp_port=port,
             sftp_user=sftp_user,
             sftp_root=_absolute(sftp_root or attributes["path"], "sftp_root"),
+            sftp_endpoint=endpoint,
         )
     try:
         Path(attributes["path"]).mkdir(parents=True, exist_ok=True)
@@ -146,6 +158,12 @@ def list_boxes(session: Session) -> list[StorageBox]:
 
 def is_sftp(box: StorageBox) -> bool:
     return bool(box.attributes.get("sftp_host"))
+
+
+def hashes_on_write(attributes: dict[str, Any]) -> bool:
+    """Served by stagebox's own endpoint: it records a file staged, with its digests,
+    once the file is whole; nobody else may decide that by looking at the disk."""
+    return attributes.get("sftp_endpoint") == "stagebox"
 
 
 def public(box: StorageBox) -> dict[str, Any]:

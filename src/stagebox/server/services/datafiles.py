@@ -30,7 +30,7 @@ from stagebox.server.schemas import (
     DatafileRegister,
     RegisterAnswer,
 )
-from stagebox.server.services import registrations, verify
+from stagebox.server.services import boxes, registrations, verify
 from stagebox.server.services.context import ServerContext
 from stagebox.server.services.states import transition
 
@@ -937,6 +937,12 @@ def _complete_arrived(
         transition(session, replica, S.failed, error=f"staged file refused: {exc}")
         return public(datafile)
     if not arrival.whole:
+        if boxes.hashes_on_write(replica.box.attributes):
+            raise Conflict(
+                f"datafile {datafile.id}: the staging endpoint holds {replica.bytes_staged} of "
+                f"{datafile.size} bytes; upload the rest (and rename NAME.part to NAME) "
+                "before completing"
+            )
         if arrival.final is None and replica.bytes_staged == 0:
             raise Conflict(
                 f"datafile {datafile.id}: nothing is staged at its path yet; "

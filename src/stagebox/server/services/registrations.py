@@ -229,6 +229,8 @@ def public(request: RegistrationRequest) -> dict[str, Any]:
                 "port": box.attributes["sftp_port"],
                 "user": box.attributes["sftp_user"],
                 "root": f"{box.attributes['sftp_root']}/{request.uploader.uuid}",
+                "endpoint": box.attributes.get("sftp_endpoint", "openssh"),
+                "host_key": box.attributes.get("sftp_host_key"),
             }
             if box is not None and request.state == R.approved and boxes.is_sftp(box)
             else None

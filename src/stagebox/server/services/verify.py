@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, joinedload
 from stagebox.checksums import MultiHasher
 from stagebox.errors import ChangedDuringUpload, Conflict, StageboxError
 from stagebox.server.db.models import Datafile, Dataset, Replica, ReplicaState, utcnow
+from stagebox.server.services import boxes
 from stagebox.server.services.context import ServerContext
 from stagebox.server.services.states import transition
 
@@ -106,6 +107,10 @@ class Arrival:
 def stage_arrived(ctx: ServerContext, session: Session, replica: Replica) -> Arrival:
     """An sftp replica is staged once its final name holds exactly the registered size.
 
+    On a box served by stagebox's own endpoint only the endpoint decides that
+    (it hashed the bytes as they came and cuts off every handle first): the
+    disk is not looked at.
+
     Raises what the backend raises for a symlink or a non-regular file; a size
     that is not the registered one leaves the replica where it is, with the
     bytes seen so far (the final name, else the partial) as ``bytes_staged``.
@@ -114,6 +119,8 @@ def stage_arrived(ctx: ServerContext, session: Session, replica: Replica) -> Arr
         return Arrival(True, replica.datafile.size)
     if replica.state not in (S.registered, S.uploading):
         return Arrival(False, None)
+    if boxes.hashes_on_write(replica.box.attributes):
+        return Arrival(False, None)  # the endpoint records it staged once it is whole
     size = replica.datafile.size
     backend = ctx.backend(replica.box_id)
     final = backend.size(replica.key)

@@ -1,0 +1,165 @@
+"""What the sftp tests share: uploader installations, the catalog calls they make."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.servers import StageboxServer, stagebox_cmd
+
+BOX = "sftp-staging"
+
+
+@dataclass
+class Machine:
+    """One uploader installation: its token, config dir (key, known_hosts) and journal."""
+
+    name: str
+    token: str
+    home: Path
+
+    @property
+    def config(self) -> Path:
+        return self.home / "config"
+
+    @property
+    def key(self) -> Path:
+        return self.config / "ssh" / "id_ed25519"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "STAGEBOX_CONFIG_DIR": str(self.config),
+            "STAGEBOX_STATE_DIR": str(self.home / "state"),
+            "STAGEBOX_TOKEN": self.token,
+        }
+
+
+@dataclass
+class Uploaders:
+    """A server with one sftp box, and the uploader installations a test makes."""
+
+    base: Path
+    server: StageboxServer
+
+    def admin(self, *args: str) -> str:
+        proc = subprocess.run(
+            stagebox_cmd("admin", "--data-dir", str(self.server.data_dir), *args),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def machine(self, name: str) -> Machine:
+        home = self.base / "machines" / name
+        home.mkdir(parents=True)
+        return Machine(name, self.server.add_uploader(name), home)
+
+    def run(
+        self, machine: Machine, *args: str, timeout: float = 180
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            stagebox_cmd(*args), capture_output=True, text=True, env=machine.env(), timeout=timeout
+        )
+
+    def register(self, machine: Machine, *args: str) -> subprocess.CompletedProcess:
+        return self.run(machine, "register", "--server", self.server.url, *args)
+
+    def request_id(self, machine: Machine) -> int:
+        requests = json.loads(self.admin("requests", "list", "--json"))
+        return next(r["id"] for r in requests if r["uploader"] == machine.name)
+
+    def approved(self, name: str) -> Machine:
+        machine = self.machine(name)
+        assert self.register(machine).returncode == 0
+        self.admin("requests", "approve", str(self.request_id(machine)), "--box", BOX)
+        return machine
+
+    def upload_args(self, src: Path, *args: str) -> list[str]:
+        return ["upload", str(src), "--server", self.server.url, "--json", *args]
+
+    def upload(self, machine: Machine, src: Path, *args: str) -> tuple[int, dict, str]:
+        proc = self.run(machine, *self.upload_args(src, *args))
+        assert proc.stdout, proc.stderr
+        return proc.returncode, json.loads(proc.stdout), proc.stderr
+
+    def api(self, machine: Machine) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.server.url,
+            headers={"Authorization": f"Bearer {machine.token}"},
+            timeout=30,
+        )
+
+
+def tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def failures(report: dict, stderr: str) -> str:
+    failed = [f"{f['path']}: {f['error']}" for f in report["files"] if f["state"] == "failed"]
+    return "\n".join([*failed[:10], report.get("error") or "", stderr[-3000:]])
+
+
+def content(api: httpx.Client, datafile_id: int) -> bytes:
+    return api.get(f"/api/v1/datafiles/{datafile_id}/content").content
+
+
+def datafiles(api: httpx.Client) -> list[dict]:
+    return api.get("/api/v1/datafiles", params={"limit": 1000}).json()["items"]
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def register_sftp(api: httpx.Client, dataset: str, filename: str, size: int) -> dict:
+    answer = api.post(
+        "/api/v1/datafiles/batch",
+        json={
+            "method": "sftp",
+            "files": [{"dataset": dataset, "filename": filename, "size": size}],
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()["files"][0]
+
+
+def complete(api: httpx.Client, datafile_id: int, data: bytes) -> httpx.Response:
+    return api.post(
+        f"/api/v1/datafiles/{datafile_id}/complete",
+        json={"sha256": hashlib.sha256(data).hexdigest()},
+    )
+
+
+def settled(api: httpx.Client, datafile_id: int) -> dict:
+    return wait_for(
+        lambda: (
+            (r := api.get(f"/api/v1/datafiles/{datafile_id}").json())["state"]
+            in ("stored", "failed")
+            and r
+        ),
+        what="the server to settle the file",
+    )
+
+
+def asyncssh_run(coro):
+    return asyncio.run(coro)
