@@ -581,3 +581,54 @@ def test_zz_every_stored_file_matches_the_catalog(env: Endpoint) -> None:
 
 def env_admin(env: Endpoint) -> list[str]:
     return stagebox_cmd("admin", "--data-dir", str(env.server.data_dir))
+
+
+def test_sftp_serve_alone_recovers_a_whole_file_and_stops_on_sigterm(
+    env: Endpoint, pair: Pair
+) -> None:
+    """``stagebox sftp-serve`` on its own (as on a staging host): a file left whole under
+    its final name by an endpoint that died before recording it is staged at start."""
+    data = os.urandom(70_000)
+    with env.api(pair.a) as api:
+        mine = register_sftp(api, "d", "left-whole.bin", len(data))
+    left = Path(mine["sftp_path"])
+    left.parent.mkdir(parents=True, exist_ok=True)
+    left.write_bytes(data)
+    port = free_port()
+    log = env.base / f"sftp-serve-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            stagebox_cmd("sftp-serve", "--data-dir", str(env.server.data_dir), "--port", str(port)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert staged_row(env, mine["id"])[1] == hashlib.sha256(data).hexdigest()
+
+        async def look() -> list[str]:
+            conn = await asyncssh.connect(
+                "127.0.0.1", port, username=USER, client_keys=[str(pair.a.key)],
+                known_hosts=None, agent_path=None,
+            )  # fmt: skip
+            async with conn, conn.start_sftp_client() as sftp:
+                return await sftp.listdir(".")
+
+        dataset_dir = left.parent.parent.name
+        assert dataset_dir in asyncssh_run(look())  # its own root, through this endpoint
+        started = time.monotonic()
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0, log.read_text()
+        assert time.monotonic() - started < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with env.api(pair.a) as api:
+        assert complete(api, mine["id"], data).status_code == 200
+        assert settled(api, mine["id"])["state"] == "stored"

@@ -132,6 +132,22 @@ def writable(ctx: ServerContext, box_id: int, who: Login, key: str) -> Upload | 
     return Upload(*row) if row is not None else None
 
 
+def unfinished(ctx: ServerContext, box_id: int) -> list[Upload]:
+    """Every upload on this box still waiting for its bytes."""
+    with ctx.catalog.session() as session:
+        rows = session.execute(
+            select(Replica.id, Replica.key, Datafile.size)
+            .join(Datafile, Datafile.id == Replica.datafile_id)
+            .where(
+                Replica.box_id == box_id,
+                Replica.method != "http",
+                Replica.state.in_(UNFINISHED),
+            )
+            .order_by(Replica.id)
+        ).all()
+    return [Upload(*row) for row in rows]
+
+
 def record_progress(ctx: ServerContext, replica_id: int, size: int) -> None:
     """Bytes seen so far for an upload that is not whole yet (never shown full)."""
     with ctx.catalog.session() as session:

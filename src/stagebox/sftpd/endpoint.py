@@ -26,8 +26,9 @@ from pathlib import Path
 import asyncssh
 from sqlalchemy import select
 
+from stagebox.checksums import MultiHasher
 from stagebox.config import Settings
-from stagebox.errors import ConfigError
+from stagebox.errors import ConfigError, StageboxError
 from stagebox.server.db.models import StorageBox
 from stagebox.server.db.session import Catalog
 from stagebox.server.services.boxes import hashes_on_write
@@ -40,6 +41,10 @@ from stagebox.storage import LocalBackend
 log = logging.getLogger(__name__)
 
 HOST_KEY_NAME = "sftp_host_ed25519_key"
+# Flow control per session: a window of many write requests, and packets as
+# large as a client will send, so fewer packets are decrypted and parsed per byte.
+WINDOW = int(os.environ.get("STAGEBOX_SFTPD_WINDOW", 16 << 20))
+MAX_PKTSIZE = int(os.environ.get("STAGEBOX_SFTPD_PKTSIZE", 256 << 10))
 
 
 def host_key_path(settings: Settings) -> Path:
@@ -206,6 +211,7 @@ class Endpoint:
         """Listen; returns the port (useful with 0)."""
         settings = self.ctx.settings
         await asyncio.to_thread(record_host_key, self.ctx.catalog, self.fingerprint)
+        await asyncio.to_thread(self.recover)
         self._server = await asyncssh.listen(
             host,
             port,
@@ -219,6 +225,8 @@ class Endpoint:
             login_timeout=settings.sftp_login_timeout,
             keepalive_interval=30,
             keepalive_count_max=4,
+            window=WINDOW,
+            max_pktsize=MAX_PKTSIZE,
             reuse_address=True,
         )
         self._watch = asyncio.create_task(self._close_idle())
@@ -231,6 +239,28 @@ class Endpoint:
             self.fingerprint,
         )
         return int(bound)
+
+    def recover(self) -> int:
+        """Stage what an endpoint that stopped (or died) left whole but unrecorded: a
+        file renamed into place, or closed by scp, just before the stop. It is read
+        once to hash it; nothing else can have an open handle on it now."""
+        staged = 0
+        for upload in catalog.unfinished(self.ctx, self.box_id):
+            try:
+                size = self.backend.size(upload.key)
+                if size != upload.size:
+                    continue
+                hasher = MultiHasher(self.files.algorithms)
+                with self.backend.open_read(upload.key) as f:
+                    hasher.update_from(f)
+            except StageboxError as exc:
+                log.warning("sftp recovery: %s left alone: %s", upload.key, exc)
+                continue
+            identity = self.backend.identity(upload.key)
+            if catalog.record_staged(self.ctx, upload.replica_id, hasher.hexdigests(), identity):
+                log.info("sftp recovery: %s was whole; staged", upload.key)
+                staged += 1
+        return staged
 
     async def _close_idle(self) -> None:
         sessions = self.sessions

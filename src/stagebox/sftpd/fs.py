@@ -109,11 +109,11 @@ class Tracker:
             self.hasher = None
             self._drop_ahead()
         elif not self.gap:
-            same = self.ahead.get(offset)
-            if same is not None and len(same) == len(data):
-                self.ahead_bytes -= len(same)
-            elif any(o < end and o + len(p) > offset for o, p in self.ahead.items()):
-                self._drop_ahead()
+            same = self.ahead.pop(offset, None)
+            if same is not None:
+                self.ahead_bytes -= len(same)  # the same range again: the later bytes win
+            if any(o < end and o + len(p) > offset for o, p in self.ahead.items()):
+                self._drop_ahead()  # overlapping pieces: only the disk knows the result
                 return
             if self.ahead_bytes + len(data) > self.limit:
                 self._drop_ahead()
