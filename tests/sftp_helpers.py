@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -163,3 +164,40 @@ def settled(api: httpx.Client, datafile_id: int) -> dict:
 
 def asyncssh_run(coro):
     return asyncio.run(coro)
+
+
+def kill_mid_file_then_resume(
+    env: Uploaders, machine: Machine, staging: Path, tmp_path: Path, *first_args: str
+) -> None:
+    """A client killed mid-file; the rerun sends only the rest, and it is stored whole."""
+    data = os.urandom(48 << 20)
+    src = tree(tmp_path / "src", {"big.bin": data})
+    args = env.upload_args(src, "--dataset", "d", "--method", "sftp", *first_args)
+    proc = subprocess.Popen(
+        stagebox_cmd(*args, "--bwlimit", "8"),
+        env=machine.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+    def partial() -> int:
+        parts = list(staging.rglob("big.bin.part"))
+        return parts[0].stat().st_size if parts else 0
+
+    try:
+        wait_for(lambda: partial() > 8 << 20, what="a partial file in staging")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    sent_before = partial()
+    assert 0 < sent_before < len(data)
+
+    code, report, stderr = env.upload(machine, src, "--dataset", "d", "--method", "sftp")
+    assert code == 0, failures(report, stderr)
+    (result,) = report["files"]
+    assert result["state"] == "verified"
+    assert result["bytes_sent"] <= len(data) - sent_before  # resumed, not restarted
+    with env.api(machine) as api:
+        (row,) = datafiles(api)
+        assert content(api, row["id"]) == data
+    assert list(staging.rglob("big.bin*")) == []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from tests.sftp_helpers import (
     content,
     datafiles,
     failures,
+    kill_mid_file_then_resume,
     register_sftp,
     settled,
     tree,
@@ -161,38 +161,9 @@ def test_register_approve_then_upload_a_tree(env: Env, tmp_path: Path) -> None:
 
 
 def test_kill_mid_file_then_resume(env: Env, tmp_path: Path) -> None:
-    machine = env.approved("scope-kill")
-    data = os.urandom(48 << 20)
-    src = tree(tmp_path / "src", {"big.bin": data})
-    args = env.upload_args(src, "--dataset", "d", "--method", "sftp", "--accept-new-host-key")
-    proc = subprocess.Popen(
-        stagebox_cmd(*args, "--bwlimit", "8"),
-        env=machine.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    kill_mid_file_then_resume(
+        env, env.approved("scope-kill"), env.staging, tmp_path, "--accept-new-host-key"
     )
-
-    def partial() -> int:
-        parts = list(env.staging.rglob("big.bin.part"))
-        return parts[0].stat().st_size if parts else 0
-
-    try:
-        wait_for(lambda: partial() > 8 << 20, what="a partial file in staging")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    sent_before = partial()
-    assert 0 < sent_before < len(data)
-
-    code, report, stderr = env.upload(machine, src, "--dataset", "d", "--method", "sftp")
-    assert code == 0, failures(report, stderr)
-    (result,) = report["files"]
-    assert result["state"] == "verified"
-    assert result["bytes_sent"] <= len(data) - sent_before  # resumed, not restarted
-    with env.api(machine) as api:
-        (row,) = datafiles(api)
-        assert content(api, row["id"]) == data
-    assert list(env.staging.rglob("big.bin*")) == []
 
 
 def test_unapproved_falls_back_to_http_under_auto(env: Env, tmp_path: Path) -> None:

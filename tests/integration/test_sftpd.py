@@ -32,6 +32,7 @@ from tests.sftp_helpers import (
     Uploaders,
     asyncssh_run,
     complete,
+    kill_mid_file_then_resume,
     register_sftp,
     settled,
     tree,
@@ -508,6 +509,10 @@ def test_stagebox_client_uploads_through_the_endpoint(
     # The host key came with the approval: checked, no --accept-new-host-key needed.
     status = env.register(machine, "--status").stdout
     assert "host key SHA256:" in status
+
+
+def test_stagebox_client_killed_mid_file_resumes(env: Endpoint, tmp_path: Path) -> None:
+    kill_mid_file_then_resume(env, env.approved("killed"), env.staging, tmp_path)
 
 
 # -- OpenSSH's clients, and MyData's way ------------------------------------------
