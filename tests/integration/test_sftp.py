@@ -151,8 +151,10 @@ def test_register_approve_then_upload_a_tree(env: Env, tmp_path: Path) -> None:
         assert stat.S_IMODE(st.st_mode) == 0o2770, directory
         assert st.st_gid == __import__("grp").getgrnam(STAGING_GROUP).gr_gid
     assert [p for p in mine_dir.rglob("*") if p.is_file()] == []
-    stored = next(env.server.data_dir.joinpath("store").rglob("big.bin"))
-    assert stat.S_IMODE(stored.stat().st_mode) == 0o660
+    # The store holds the server's own copy: not the staging account's inode, and not
+    # writable by its group.
+    stored = next(env.server.data_dir.joinpath("store").rglob("big.bin")).stat()
+    assert stored.st_uid == os.getuid() and not stored.st_mode & 0o022
 
     code, report, _ = env.upload(machine, src, "--method", "sftp")
     assert code == 0
@@ -555,3 +557,46 @@ def test_admin_api_needs_an_admin_token(env: Env) -> None:
         assert f"stagebox:{machine.name}:" not in keys
     with httpx.Client(base_url=env.server.url, timeout=30) as anonymous:
         assert anonymous.get("/api/v1/admin/boxes").status_code == 401
+
+
+# -- stored bytes the staging account cannot reach ------------------------------
+
+
+def test_a_handle_kept_open_across_promotion_cannot_touch_the_stored_copy(env: Env) -> None:
+    """Bytes the shared account wrote are copied into the store, never renamed: the
+    inode that account can still write is not the one stored."""
+    machine = env.approved("kept-handle")
+    data = os.urandom(200_000)
+    with env.api(machine) as api:
+        answer = register_sftp(api, "d", "kept.bin", len(data))
+    path = answer["sftp_path"]
+
+    async def attempt() -> None:
+        conn = await _sftp_login(env, machine)
+        async with conn, conn.start_sftp_client() as sftp:
+            await sftp.makedirs(str(Path(path).parent), exist_ok=True)
+            kept = await sftp.open(path, "wb")
+            await kept.write(data, 0)
+            with env.api(machine) as api:
+                assert complete(api, answer["id"], data).status_code == 200
+                assert settled(api, answer["id"])["state"] == "stored"
+            await kept.write(b"overwritten after it was stored", 0)
+            await kept.close()
+
+    asyncssh_run(attempt())
+    with env.api(machine) as api:
+        assert content(api, answer["id"]) == data
+
+
+def test_a_staged_file_with_another_hard_link_is_refused(env: Env) -> None:
+    machine = env.approved("hard-link")
+    data = os.urandom(10_000)
+    with env.api(machine) as api:
+        answer = register_sftp(api, "d", "linked.bin", len(data))
+        path = Path(answer["sftp_path"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        os.link(path, path.with_name("second-name"))
+        assert complete(api, answer["id"], data).status_code == 200
+        row = settled(api, answer["id"])
+        assert row["state"] == "failed" and "hard link" in row["error"], row

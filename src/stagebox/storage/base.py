@@ -209,10 +209,15 @@ class StorageBackend(abc.ABC):
         """Whether :meth:`promote` into ``dest`` moves bytes without reading them."""
         return False
 
-    def identity(self, key: str) -> str | None:
+    def identity(self, key: str, strict: bool = False) -> str | None:
         """A token that changes when the object at ``key`` is replaced or rewritten
-        (None when the backend cannot tell, or nothing is there)."""
+        (None when the backend cannot tell, or nothing is there). ``strict`` also
+        changes with anything else done to it (times set back, a link made)."""
         return None
+
+    def links(self, key: str) -> int:
+        """How many names the object at ``key`` has (1 where there are no hard links)."""
+        return 1
 
     def sync(self, key: str) -> None:  # noqa: B027 - optional capability
         """Make ``key``'s bytes durable (no-op where writes are durable already)."""

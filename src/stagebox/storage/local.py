@@ -504,12 +504,19 @@ class LocalBackend(StorageBackend):
     def can_rename_to(self, dest: StorageBackend) -> bool:
         return isinstance(dest, LocalBackend) and self.root.stat().st_dev == dest.root.stat().st_dev
 
-    def identity(self, key: str) -> str | None:
-        """Device, inode, size and mtime of the file itself (never a link's target)."""
+    def identity(self, key: str, strict: bool = False) -> str | None:
+        """Device, inode, size and mtime of the file itself (never a link's target);
+        ``strict`` adds its change time and link count, which a writer cannot set
+        back (a rename changes the change time too, so a moved file is not the same)."""
         st = self._lstat(key)
         if st is None:
             return None
-        return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        token = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        return f"{token}:{st.st_ctime_ns}:{st.st_nlink}" if strict else token
+
+    def links(self, key: str) -> int:
+        st = self._lstat(key)
+        return st.st_nlink if st is not None else 0
 
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
         dirs, name = self._split(key)

@@ -322,7 +322,7 @@ class S3Backend(StorageBackend):
                     dest.client.abort_multipart_upload(**target, UploadId=upload_id)
                 raise
 
-    def identity(self, key: str) -> str | None:
+    def identity(self, key: str, strict: bool = False) -> str | None:
         head = self._head(key)
         return None if head is None else f"{head['ETag']}:{head['ContentLength']}"
 

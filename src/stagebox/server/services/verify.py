@@ -258,13 +258,28 @@ def verify_task(ctx: ServerContext, replica_id: int, size_only: bool = False) ->
 
 def _must_copy_unhashed(ctx: ServerContext, replica: Replica, size_only: bool) -> bool:
     """Bytes the server has not hashed yet that promotion will have to copy: read
-    them once, hashing while copying, instead of once to verify and once to copy."""
+    them once, hashing while copying, instead of once to verify and once to copy.
+
+    Bytes an OpenSSH staging account wrote are always copied: renamed, they would
+    stay the inode that account wrote, which a handle it kept open, or a hard link
+    it made, could write again after they are stored.
+    """
     ready = replica.declared_sha256 is not None or size_only or not replica.awaits_complete
     return (
         replica.state == S.staged
         and replica.staged_sha256 is None
         and ready
-        and not ctx.backend(replica.box_id).can_rename_to(ctx.store)
+        and (_behind_our_back(replica) or not ctx.backend(replica.box_id).can_rename_to(ctx.store))
+    )
+
+
+def _behind_our_back(replica: Replica) -> bool:
+    """Staged through sshd by an account that is not the server's."""
+    attrs = replica.box.attributes
+    return (
+        replica.method != "http"
+        and boxes.is_sftp(replica.box)
+        and not (boxes.hashes_on_write(attrs))
     )
 
 
@@ -281,11 +296,18 @@ def verify_by_copy(ctx: ServerContext, replica_id: int, size_only: bool = False)
             return
         src, key, dest_key = ctx.backend(replica.box_id), replica.key, store_key(replica.datafile)
         size = replica.datafile.size
+        copy = _behind_our_back(replica)
     store = ctx.store
+    algorithms = ctx.settings.algorithms
     try:
-        before = src.identity(key)
-        result = src.promote(key, store, dest_key, ctx.settings.algorithms)
-        if src.identity(key) != before:
+        before = src.identity(key, strict=True)
+        if src.links(key) > 1:
+            raise ChangedDuringUpload("the staged file has other hard links")
+        if copy:
+            result = src.stream_copy(key, store, dest_key, algorithms, size=size)
+        else:
+            result = src.promote(key, store, dest_key, algorithms)
+        if src.identity(key, strict=True) != before:
             raise ChangedDuringUpload("the staged file changed while the server copied it")
         copied = store.size(dest_key)
     except StageboxError as exc:
