@@ -54,7 +54,7 @@ from benchmarks.s3 import (
     s3_stage,
     stagebox_s3_upload,
 )
-from benchmarks.servers import SSHD, SftpStage
+from benchmarks.servers import SSHD, SftpdStage, SftpStage
 from benchmarks.sides import (
     Bench,
     Profile,
@@ -69,10 +69,19 @@ from benchmarks.sides import (
     scp_tree,
     sftp_put,
     stagebox_sftp_upload,
+    stagebox_sftp_uploads_at_once,
     stagebox_upload,
 )
 from benchmarks.tus import TusNodeServer, curl_to_stagebox, curl_to_tus_node, tus_node_reason
-from benchmarks.workloads import MiB, big_file, human_size, sha256_of, small_tree
+from benchmarks.workloads import (
+    GiB,
+    MiB,
+    big_file,
+    human_size,
+    linked_copies,
+    sha256_of,
+    small_tree,
+)
 
 
 @dataclass(frozen=True)
@@ -454,6 +463,204 @@ def run_sftp_memory(b: Bench, result: CaseResult) -> None:
     alternate(b, result, sides, b.profile.mem_warmups, b.profile.sftp_mem_runs)
 
 
+# -- sftpd: stagebox upload --method sftp to its built-in endpoint vs OpenSSH into sshd ----
+
+AES128_GCM = "aes128-gcm@openssh.com"  # what stagebox's asyncssh client prefers
+SFTP_PUT_GCM = "sftp put -c aes128-gcm"  # the target's peer
+SFTP_PUT_DEFAULT = "sftp put"  # OpenSSH's default cipher (see the negotiated one)
+SFTPD_CLIENTS = 5  # sftpd-memory: uploads in flight at once, one uploader each
+
+
+def _where(path: Path, reason: str | None, what: str) -> str:
+    if reason is None:
+        return f"{what} on tmpfs ({path})"
+    return f"{what} on the work dir's disk ({path}), not tmpfs: {reason}"
+
+
+def sftpd_stage(b: Bench, result: CaseResult) -> SftpdStage:
+    """The built-in endpoint and approved uploader sftpd-big and sftpd-small share, on
+    tmpfs (room for one stored big file and a failed run's), set up (untimed) by the first
+    of them and stopped by ``Bench.close``; every run starts from its snapshot anyway."""
+    if b.sftpd is None:
+        if b.sftpd_error is not None:
+            raise RunFailed(b.sftpd_error)
+        root, reason = b.scratch("sftpd-stage", 2 * b.profile.big_bytes)
+        stage = SftpdStage(root)
+        stage.where = _where(root, reason, "the staging box and the store")
+        print("  setting up: stagebox serve --sftp-port, box, register, approve", flush=True)
+        b.closers.append(stage.stop)
+        try:
+            stage.start()
+        except (RuntimeError, OSError, KeyError, StopIteration, ValueError) as exc:
+            b.sftpd_error = f"sftpd setup failed: {exc}"
+            raise RunFailed(b.sftpd_error) from exc
+        b.sftpd = stage
+    result.notes.append(b.sftpd.where)
+    print(f"  note: {result.notes[-1]}", flush=True)
+    return b.sftpd
+
+
+@contextmanager
+def peer_dest(b: Bench, result: CaseResult, need: int) -> Iterator[Path]:
+    """Where the case's peers write (on tmpfs if it has room for ``need`` bytes), removed
+    when the case ends."""
+    root, reason = b.scratch(f"{result.name}-peers", need)
+    result.notes.append(_where(root, reason, "the peers' destination folders"))
+    print(f"  note: {result.notes[-1]}", flush=True)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def plan_sftpd_big(p: Profile) -> CaseResult:
+    notes: list[str] = []
+    sides = ["stagebox", *peers(p, SFTP_PUT_GCM, [SFTP_PUT_DEFAULT], notes)]
+    default = ", and sftp put with its default cipher" if SFTP_PUT_DEFAULT in sides else ""
+    return CaseResult(
+        name="sftpd-big",
+        title=(
+            f"sftpd {human_size(p.big_bytes)}: stagebox upload --method sftp to its built-in "
+            f"endpoint (stagebox serve --sftp-port) vs OpenSSH sftp put -c {AES128_GCM}"
+            f"{default} into sshd; destinations on tmpfs"
+        ),
+        sides=sides,
+        ratio_of="throughput",
+        targets=[
+            Target(
+                "sftpd: stagebox throughput >= 1.0x sftp put -c aes128-gcm throughput", ">=", 1.0
+            )
+        ],
+        params={
+            "file_bytes": p.big_bytes,
+            "warmups": p.warmups,
+            "runs": p.runs,
+            "ciphers": {SFTP_PUT_GCM: AES128_GCM, SFTP_PUT_DEFAULT: "OpenSSH's default"},
+        },
+        notes=notes,
+    )
+
+
+def run_sftpd_big(b: Bench, result: CaseResult) -> None:
+    size = b.profile.big_bytes
+    folder = big_file(b.workloads, size, repeat_block=False)
+    path = folder / "data.bin"
+    sshd = b.need_sshd()
+    stage = sftpd_stage(b, result)
+    with peer_dest(b, result, size) as dest:
+        sides = [
+            ("stagebox", lambda label: stagebox_sftp_upload(b, stage, folder, 1, size, label)),
+            (SFTP_PUT_GCM, lambda label: sftp_put(b, path, label, sshd, AES128_GCM, dest)),
+            (SFTP_PUT_DEFAULT, lambda label: sftp_put(b, path, label, sshd, None, dest)),
+        ]
+        sides = [side for side in sides if side[0] in result.sides]
+        alternate(b, result, sides, b.profile.warmups, b.profile.runs)
+
+
+def plan_sftpd_small(p: Profile) -> CaseResult:
+    return CaseResult(
+        name="sftpd-small",
+        title=(
+            f"sftpd small files: {p.small_files:,} x {human_size(p.small_bytes)} in "
+            f"{p.small_folders} folders, stagebox upload --method sftp to its built-in "
+            "endpoint vs rsync -a -e ssh into sshd; destinations on tmpfs"
+        ),
+        sides=["stagebox", "rsync"],
+        unit="files/s",
+        ratio_of="wall_s",
+        targets=[Target("sftpd small files: stagebox time <= 1.5x rsync time", "<=", 1.5)],
+        params=small_params(p),
+    )
+
+
+def run_sftpd_small(b: Bench, result: CaseResult) -> None:
+    p = b.profile
+    tree = small_tree(b.workloads, p.small_files, p.small_folders, p.small_bytes)
+    n, nbytes = p.small_files, p.small_files * p.small_bytes
+    sshd = b.need_sshd()
+    stage = sftpd_stage(b, result)
+    with peer_dest(b, result, 2 * nbytes) as dest:  # 4 KiB files: a block each, and inodes
+        sides = [
+            ("stagebox", lambda label: stagebox_sftp_upload(b, stage, tree, n, nbytes, label)),
+            ("rsync", lambda label: rsync_tree(b, tree, n, nbytes, label, sshd, dest)),
+        ]
+        alternate(b, result, sides, p.warmups, p.runs)
+
+
+def plan_sftpd_memory(p: Profile) -> CaseResult:
+    n, size = SFTPD_CLIENTS, human_size(p.mem_bytes)
+    return CaseResult(
+        name="sftpd-memory",
+        title=(
+            f"sftpd memory: {n} stagebox upload --method sftp of {size} each at once ({n} "
+            "uploaders) to the built-in endpoint, peak RSS of the endpoint (stagebox serve "
+            "--sftp-port) and of each client"
+        ),
+        sides=["stagebox"],
+        targets=[
+            Target(
+                "sftpd memory: endpoint (stagebox serve --sftp-port) peak RSS <= 150 MiB",
+                "<=",
+                150,
+                "MiB",
+                side="stagebox",
+                field="server_peak_rss",
+                scale=MiB,
+            ),
+            Target(
+                f"sftpd memory: each client's peak RSS <= 100 MiB, {n} at once",
+                "<=",
+                100,
+                "MiB",
+                side="stagebox",
+                field="client_peak_rss",
+                scale=MiB,
+            ),
+        ],
+        params={
+            "file_bytes": p.mem_bytes,
+            "clients": n,
+            "warmups": p.mem_warmups,
+            "runs": p.sftpd_mem_runs,
+            "note": (
+                "one file hard-linked into a dataset folder per client; client peak RSS is "
+                "the largest of the clients' (each in client_peak_rss_each); wall time runs "
+                "from the first spawn to the last exit"
+            ),
+        },
+    )
+
+
+def run_sftpd_memory(b: Bench, result: CaseResult) -> None:
+    p, n = b.profile, SFTPD_CLIENTS
+    folder = big_file(b.workloads, p.mem_bytes, repeat_block=True)
+    srcs = linked_copies(folder, n)
+    need = n * p.mem_bytes  # staged, then renamed into the store: once each
+    root, reason = b.scratch(result.name, need + 256 * MiB)
+    result.notes.append(_where(root, reason, "the staging box and the store"))
+    print(f"  note: {result.notes[-1]}", flush=True)
+    stage = SftpdStage(root / "stage", uploaders=n)
+    try:
+        free = shutil.disk_usage(root).free
+        if free < need + GiB:
+            raise RunFailed(f"{root}: {free / GiB:.1f} GiB free, {n} uploads need {need / GiB:.1f}")
+        print(f"  setting up: stagebox serve --sftp-port, box, {n} uploaders", flush=True)
+        try:
+            stage.start()
+        except (RuntimeError, OSError, KeyError, StopIteration, ValueError) as exc:
+            raise RunFailed(f"sftpd setup failed: {exc}") from exc
+        sides = [
+            (
+                "stagebox",
+                lambda label: stagebox_sftp_uploads_at_once(b, stage, srcs, p.mem_bytes, label),
+            )
+        ]
+        alternate(b, result, sides, p.mem_warmups, p.sftpd_mem_runs)
+    finally:
+        stage.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # -- ingest: stagebox ingest run of a tarred bag vs tar -xf + sha256sum -------------------
 
 
@@ -785,6 +992,11 @@ def needs_verify(b: Bench) -> str | None:
     return needs_feature("verify")(b)
 
 
+def needs_sftpd(b: Bench) -> str | None:
+    """The built-in endpoint's cases: stagebox's --sftp-port, and sshd for the peers."""
+    return needs_feature("--sftp-port")(b) or needs_sshd(b)
+
+
 def needs_staging_host(b: Bench) -> str | None:
     """The staging sshd needs root (it adds the staging account) and OpenSSH's sshd."""
     if os.geteuid() != 0:
@@ -802,6 +1014,9 @@ CASES: list[Case] = [
     Case("sftp-big", plan_sftp_big, run_sftp_big, probe=needs_staging_host),
     Case("sftp-small", plan_sftp_small, run_sftp_small, probe=needs_staging_host),
     Case("sftp-memory", plan_sftp_memory, run_sftp_memory, probe=needs_staging_host),
+    Case("sftpd-big", plan_sftpd_big, run_sftpd_big, probe=needs_sftpd),
+    Case("sftpd-small", plan_sftpd_small, run_sftpd_small, probe=needs_sftpd),
+    Case("sftpd-memory", plan_sftpd_memory, run_sftpd_memory, probe=needs_feature("--sftp-port")),
     Case("s3", plan_s3, run_s3, probe=needs_s3),
     Case("ingest", plan_ingest, run_ingest, probe=needs_ingest),
     Case("rerun", plan_rerun, run_rerun, probe=needs_sshd),

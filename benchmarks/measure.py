@@ -1,4 +1,4 @@
-"""Run one client command and measure it, plus the server it talks to.
+"""Run one client command (or several at once) and measure it, plus the server it talks to.
 
 - wall seconds: from just before the client is spawned to its exit (``os.wait4``).
 - client CPU: user+sys from ``wait4``'s rusage (the client and every descendant it reaped,
@@ -20,6 +20,8 @@
 - client I/O: the client's ``/proc/<pid>/io`` (rchar, read_bytes, syscr, ...), read once it
   has exited but before it is reaped (``waitid`` with ``WNOWAIT``), so it holds the whole
   run's totals (of the client process and its threads, not of its children).
+- several clients at once (``run_measured_many``): each is measured as above on its own
+  (a waiter thread each sees its exit when it happens); the server's figures span them all.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -172,6 +175,8 @@ class Measurement:
     also_cpu_s: dict[str, float] = field(default_factory=dict)
     also_peak_rss: dict[str, int] = field(default_factory=dict)
     client_io: dict[str, int] = field(default_factory=dict)  # /proc/<pid>/io at exit
+    started: float = 0.0  # time.perf_counter() just before the client was spawned ...
+    ended: float = 0.0  # ... and when it exited (run_measured_many: to tell the overlap)
 
     @property
     def cpu_s(self) -> float:
@@ -201,6 +206,35 @@ def wait_for_no_children(proc: psutil.Process, timeout: float) -> None:
         time.sleep(0.02)
 
 
+@dataclass(frozen=True)
+class Client:
+    """One client command of ``run_measured_many``, with where its output goes."""
+
+    cmd: Sequence[str]
+    stdout: Path
+    stderr: Path
+    env: Mapping[str, str] | None = None
+
+
+@dataclass
+class _Exit:
+    """What ``_await_exit`` saw of one client: when it ended, its status and rusage, and
+    its ``/proc/<pid>/io`` read before it was reaped."""
+
+    ended: float = 0.0
+    status: int = 0
+    usage: Any = None
+    io: dict[str, int] = field(default_factory=dict)
+
+
+def _await_exit(pid: int, into: _Exit) -> None:
+    # Exited, not yet reaped: its /proc entry still holds the run's I/O totals.
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    into.ended = time.perf_counter()
+    into.io = proc_io(pid)
+    _, into.status, into.usage = os.wait4(pid, 0)
+
+
 def run_measured(
     cmd: Sequence[str],
     *,
@@ -216,6 +250,32 @@ def run_measured(
     """Run ``cmd`` to completion while sampling it, ``server`` and ``also``; never raises on
     exit code. ``drain_server_children`` waits for the sessions of ``server`` and ``also``.
     ``groups`` ("server" or a name in ``also``): read that one's CPU from its cgroup."""
+    (m,) = run_measured_many(
+        [Client(cmd, stdout, stderr, env)],
+        server=server,
+        drain_server_children=drain_server_children,
+        also=also,
+        groups=groups,
+        timeout=timeout,
+    )
+    return m
+
+
+def run_measured_many(
+    clients: Sequence[Client],
+    *,
+    server: psutil.Process | None = None,
+    drain_server_children: bool = False,
+    also: Mapping[str, psutil.Process] | None = None,
+    groups: Mapping[str, CpuGroup] | None = None,
+    timeout: float = 1800.0,
+) -> list[Measurement]:
+    """``run_measured`` of clients started together (one after the other, as fast as
+    ``Popen`` goes), each measured on its own (wall from its own spawn to its own exit,
+    CPU, peak RSS of its tree, I/O); the server's and ``also``'s CPU and peaks span them
+    all and are the same in every measurement. Each ``Measurement`` also says when its
+    client started and ended (``time.perf_counter``), so callers can tell how long all
+    were running at once."""
     also = dict(also or {})
     groups = dict(groups or {})
     procs = {**({"server": server} if server is not None else {}), **also}
@@ -226,60 +286,92 @@ def run_measured(
 
     server_cpu0 = cpu("server") if server is not None else 0.0
     also_cpu0 = {name: cpu(name) for name in also}
-    with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            list(cmd), stdout=out, stderr=err, env=dict(env or os.environ), start_new_session=True
-        )
-        targets = {"client": psutil.Process(proc.pid)}
-        if server is not None:
-            targets["server"] = server
-        targets.update(also)
-        poller = Poller(targets)
-        poller.start()
+    names = ["client"] if len(clients) == 1 else [f"client-{i}" for i in range(len(clients))]
+    started: list[float] = []
+    running: list[subprocess.Popen[bytes]] = []
+    exits = [_Exit() for _ in clients]
+    poller: Poller | None = None
+    with contextlib.ExitStack() as files:
 
-        def on_timeout() -> None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        def kill_all() -> None:
+            for proc in running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
 
-        watchdog = threading.Timer(timeout, on_timeout)
-        watchdog.start()
+        watchdog = threading.Timer(timeout, kill_all)
         try:
-            # Exited, not yet reaped: its /proc entry still holds the run's I/O totals.
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-            ended = time.perf_counter()
-            client_io = proc_io(proc.pid)
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:  # interrupted: the client must not outlive the harness
-            on_timeout()
-            os.wait4(proc.pid, 0)
-            proc.returncode = -signal.SIGKILL
-            poller.stop()
+            for client in clients:
+                out = files.enter_context(open(client.stdout, "wb"))
+                err = files.enter_context(open(client.stderr, "wb"))
+                started.append(time.perf_counter())
+                running.append(
+                    subprocess.Popen(
+                        list(client.cmd),
+                        stdout=out,
+                        stderr=err,
+                        env=dict(client.env or os.environ),
+                        start_new_session=True,
+                    )
+                )
+            targets = {name: psutil.Process(p.pid) for name, p in zip(names, running, strict=True)}
+            if server is not None:
+                targets["server"] = server
+            targets.update(also)
+            poller = Poller(targets)
+            poller.start()
+            watchdog.start()
+            if len(running) == 1:
+                _await_exit(running[0].pid, exits[0])
+            else:  # a waiter each, so each client's end is seen when it happens
+                waiters = [
+                    threading.Thread(target=_await_exit, args=(p.pid, e), daemon=True)
+                    for p, e in zip(running, exits, strict=True)
+                ]
+                for waiter in waiters:
+                    waiter.start()
+                for waiter in waiters:
+                    waiter.join()
+        except BaseException:  # interrupted: no client may outlive the harness
+            kill_all()
+            for proc, done in zip(running, exits, strict=False):
+                if done.usage is None:
+                    with contextlib.suppress(ChildProcessError):
+                        os.wait4(proc.pid, 0)
+                proc.returncode = -signal.SIGKILL
+            if poller is not None:
+                poller.stop()
             raise
         finally:
             watchdog.cancel()
-        wall = ended - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    for proc, done in zip(running, exits, strict=True):
+        proc.returncode = os.waitstatus_to_exitcode(done.status)
     if drain_server_children:
         for name, p in procs.items():
             wait_for_no_children(p, timeout=10.0)
             if name in groups:
                 groups[name].wait_for_only(p.pid, timeout=10.0)
+    assert poller is not None
     poller.sample()
     poller.stop()
     server_cpu = server_peak = None
     if server is not None:
         server_cpu = cpu("server") - server_cpu0
         server_peak = poller.peaks["server"]
-    return Measurement(
-        wall_s=wall,
-        exit_code=proc.returncode,
-        client_cpu_s=usage.ru_utime + usage.ru_stime,
-        client_peak_rss=poller.peaks["client"],
-        server_cpu_s=server_cpu,
-        server_peak_rss=server_peak,
-        samples=poller.samples,
-        also_cpu_s={name: cpu(name) - also_cpu0[name] for name in also},
-        also_peak_rss={name: poller.peaks[name] for name in also},
-        client_io=client_io,
-    )
+    also_cpu = {name: cpu(name) - also_cpu0[name] for name in also}
+    return [
+        Measurement(
+            wall_s=done.ended - start,
+            exit_code=proc.returncode,
+            client_cpu_s=done.usage.ru_utime + done.usage.ru_stime,
+            client_peak_rss=poller.peaks[name],
+            server_cpu_s=server_cpu,
+            server_peak_rss=server_peak,
+            samples=poller.samples,
+            also_cpu_s=dict(also_cpu),
+            also_peak_rss={name: poller.peaks[name] for name in also},
+            client_io=done.io,
+            started=start,
+            ended=done.ended,
+        )
+        for name, proc, done, start in zip(names, running, exits, started, strict=True)
+    ]

@@ -55,6 +55,7 @@ PROFILES = {
         all_peers=False,
         audit_objects=4,
         audit_runs=3,
+        sftpd_mem_runs=1,
     ),
     "full": Profile("full", 1 * GiB, 10_000, 20, 4096, 4 * GiB, 1, 3, 0, 2, sftp_mem_runs=3),
 }
@@ -105,6 +106,28 @@ METHOD = [
     "to the listener's children times. "
     "stagebox's asyncssh client prefers aes128-gcm@openssh.com; OpenSSH's tools use their "
     "default (see the negotiated cipher above). scp is OpenSSH 9's (SFTP protocol).",
+    "sftpd cases (stagebox's built-in SFTP endpoint): each stagebox run is `stagebox upload "
+    "--method sftp` to a fresh `stagebox serve --sftp-port N` (the endpoint is a thread of "
+    "that process: server CPU and peak RSS are that process's alone), on a data dir restored "
+    "to its state right after the approval (box added with --sftp-endpoint stagebox; the "
+    "uploaders registered and approved while the endpoint ran, so the approval carries its "
+    "host key fingerprint and the client checks its first contact with no "
+    "--accept-new-host-key); the clock stops when the client exits having seen every file "
+    "verified (the endpoint hashed the bytes as they came; the server then moves them into "
+    "the store, a rename on one filesystem). Peers write into the harness's local sshd (the "
+    "one http-big's scp uses: root with a generated key, Subsystem sftp internal-sftp; server"
+    " = that sshd, its sessions' CPU from the listener's children times): sftp put -c "
+    "aes128-gcm@openssh.com (the cipher stagebox's asyncssh client prefers; the target's "
+    "peer) and sftp put with OpenSSH's default cipher (the negotiated cipher above); rsync -a"
+    " -e ssh with the default cipher. Destinations on tmpfs (/dev/shm) for both sides: the "
+    "staging box, the data dir holding the store, the peers' destination folders; both sides'"
+    " are emptied after each run. A case whose destinations would not fit there (with 2 GiB "
+    "of RAM to spare) puts them on the work dir's disk and says so in its notes. "
+    "sftpd-memory: 5 uploaders, each its own key, token and journal, start `stagebox upload` "
+    "of one file (hard-linked into 5 dataset folders) at once; server = the endpoint "
+    "process's peak RSS over the five uploads; client = the largest of the five clients' "
+    "peaks (each one's is in latest.json); wall time from the first spawn to the last exit; "
+    "all_running_s: how long all five ran at once (the run fails if never).",
     "http-big, curl sides: curl as a stock tus client, POST (creation; Upload-Metadata "
     "filename, and dataset for stagebox) then one PATCH streaming the whole file (-T, no "
     "Expect: 100-continue), both timed as one `sh` script (client = sh and both curls). "

@@ -12,9 +12,11 @@ and the setup's boxes, nothing uploaded): each ``stagebox admin`` command is a P
 start-up of its own, which would otherwise cost more than a quick run's upload.
 
 A stagebox sftp run gets a fresh server process on the case's data dir restored to the
-state right after the uploader's approval (``SftpStage.fresh_server``), an emptied staging
-directory and its own client journal; the registration, the approval and the first contact
-with the staging host (``--accept-new-host-key``) happened once for the case, untimed.
+state right after the uploader's approval (``ApprovedStage.fresh_server``), an emptied
+staging directory and its own client journal; the registration, the approval and (OpenSSH
+staging host) the first contact (``--accept-new-host-key``) happened once for the case,
+untimed. The sftpd cases do the same with stagebox's built-in endpoint (``SftpdStage``),
+and can put destinations on tmpfs (``Bench.scratch``), the peers' too (``dest_root``).
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ from typing import Any
 import httpx
 import psutil
 
-from benchmarks.measure import Measurement, run_measured
-from benchmarks.servers import SftpStage, Sshd, StageboxServer
-from benchmarks.workloads import MiB, count_files
+from benchmarks.measure import Client, Measurement, run_measured, run_measured_many
+from benchmarks.servers import ApprovedStage, SftpdStage, SftpStage, Sshd, StageboxServer
+from benchmarks.workloads import GiB, MiB, count_files
 from stagebox.server.process import stagebox_cmd
 
 Record = dict[str, Any]
@@ -64,6 +66,7 @@ class Profile:
     audit_objects: int = 64  # the audit case's store: this many stored objects ...
     audit_object_bytes: int = 64 * MiB  # ... of this size each
     audit_runs: int = 7  # counted rounds: its 0.90x target is within this machine's noise
+    sftpd_mem_runs: int = 2  # sftpd-memory: each run is 5 uploads of mem_bytes at once
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ class Bench:
     sshd_error: str | None = None
     sftp: SftpStage | None = None
     sftp_error: str | None = None
+    sftpd: SftpdStage | None = None  # the sftpd cases' built-in endpoint, on tmpfs
+    sftpd_error: str | None = None
     templates: dict[str, tuple[Path, str]] = field(default_factory=dict)
     closers: list[Callable[[], None]] = field(default_factory=list)
 
@@ -121,6 +126,48 @@ class Bench:
         if self.sshd is None:
             raise RunFailed(f"no sshd: {self.sshd_error}")
         return self.sshd
+
+    def scratch(self, name: str, need: int) -> tuple[Path, str | None]:
+        """A fresh directory ``name`` on tmpfs (``/dev/shm``), so the disk does not decide,
+        when it has room for ``need`` bytes and the RAM to back them; else under the work
+        dir. Returns it, and when not on tmpfs why (for the case's notes). The harness's
+        tmpfs directory goes when it ends (``close``)."""
+        reason = tmpfs_reason(need)
+        if reason is not None:
+            return self.fresh_dir(name), reason
+        root = TMPFS / f"stagebox-bench-{os.getpid()}"
+        if not root.exists():
+            root.mkdir(mode=0o755)
+            self.closers.insert(0, lambda: shutil.rmtree(root, ignore_errors=True))
+        path = root / re.sub(r"[^\w.@+-]+", "_", name)
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir()
+        return path, None
+
+
+TMPFS = Path("/dev/shm")
+TMPFS_RAM_SPARE = 2 * GiB  # RAM left beside what the case puts in tmpfs
+
+
+def tmpfs_reason(need: int) -> str | None:
+    """Why ``need`` bytes should not go into tmpfs here (None: they may)."""
+    mounts = {p.mountpoint: p.fstype for p in psutil.disk_partitions(all=True)}
+    if mounts.get(str(TMPFS)) != "tmpfs":
+        return f"{TMPFS} is not a tmpfs here"
+    free = shutil.disk_usage(TMPFS).free
+    if free < need + 256 * MiB:
+        return f"{TMPFS} has {_gib(free)} free, the case needs {_gib(need)}"
+    available = psutil.virtual_memory().available
+    if available < need + TMPFS_RAM_SPARE:
+        return (
+            f"{_gib(need)} in tmpfs would leave under {_gib(TMPFS_RAM_SPARE)}"
+            f" of the {_gib(available)} of RAM available"
+        )
+    return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / GiB:.1f} GiB"
 
 
 HELP_GROUPS = (("upload",), ("admin",), ("serve",), ())
@@ -297,17 +344,24 @@ def stagebox_upload(
 
 
 def _to_sshd(
-    b: Bench, label: str, command: Callable[[Sshd, Path], list[str]], sshd: Sshd | None = None
+    b: Bench,
+    label: str,
+    command: Callable[[Sshd, Path], list[str]],
+    sshd: Sshd | None = None,
+    dest_root: Path | None = None,
 ) -> tuple[Measurement, Path, Path, Path]:
     """Run an ssh peer tool into an empty folder on ``sshd`` (default: the local sshd),
-    measured.
+    measured; the folder is ``dest`` in a directory of the run's own under ``dest_root``
+    (a tmpfs one, say), by default in the run dir.
 
     Returns the measurement, the destination, the run dir and the stderr file.
     """
     sshd = sshd or b.need_sshd()
     run_dir = b.fresh_dir(label)
-    dest = run_dir / "dest"
-    dest.mkdir()
+    dest = (run_dir if dest_root is None else dest_root / run_dir.name) / "dest"
+    if dest_root is not None:
+        shutil.rmtree(dest.parent, ignore_errors=True)
+    dest.mkdir(parents=True)
     os.sync()
     err = run_dir / "client.err"
     m = run_measured(
@@ -329,11 +383,14 @@ def _peer(
     sshd: Sshd | None,
     files: int,
     nbytes: int,
+    dest_root: Path | None = None,
 ) -> Record:
-    """Run a peer tool into an empty folder on ``sshd``; it must leave exactly ``files``
-    files of ``nbytes`` bytes in all there."""
-    m, dest, run_dir, err = _to_sshd(b, label, command, sshd)
+    """Run a peer tool into an empty folder on ``sshd`` (under ``dest_root``, if given);
+    it must leave exactly ``files`` files of ``nbytes`` bytes in all there."""
+    m, dest, run_dir, err = _to_sshd(b, label, command, sshd, dest_root)
     got = count_files(dest)
+    if dest_root is not None:
+        shutil.rmtree(dest.parent)  # tmpfs: free its memory before the next run
     if m.exit_code != 0 or got != (files, nbytes):
         raise RunFailed(
             f"{tool} ({label}) exit {m.exit_code}, got (files, bytes) {got}, "
@@ -359,10 +416,16 @@ def scp_copy(b: Bench, path: Path, label: str, sshd: Sshd | None = None) -> Reco
 
 
 def rsync_tree(
-    b: Bench, src: Path, files: int, nbytes: int, label: str, sshd: Sshd | None = None
+    b: Bench,
+    src: Path,
+    files: int,
+    nbytes: int,
+    label: str,
+    sshd: Sshd | None = None,
+    dest_root: Path | None = None,
 ) -> Record:
     """``rsync -a -e ssh`` of a tree into an empty folder on ``sshd`` (default: the local
-    sshd)."""
+    sshd), under ``dest_root`` if given."""
     return _peer(
         b,
         "rsync",
@@ -373,74 +436,153 @@ def rsync_tree(
         sshd,
         files,
         nbytes,
+        dest_root,
     )  # fmt: skip
 
 
 # -- sftp cases: stagebox over sftp and its peers, all against the staging sshd -----------
+# (sftpd cases: stagebox to its built-in endpoint; the peers into the local sshd)
 
 
-def stagebox_sftp_upload(
-    b: Bench, stage: SftpStage, src: Path, files: int, nbytes: int, label: str
-) -> Record:
-    """``stagebox upload SRC --dataset --method sftp``; every file must be verified.
+def _sftp_upload_cmd(server: StageboxServer, src: Path, dataset: str) -> list[str]:
+    return stagebox_cmd(
+        "upload", str(src), "--server", server.url, "--dataset", dataset,
+        "--method", "sftp", "--json",
+    )  # fmt: skip
 
-    Server CPU is ``stagebox serve`` plus the staging sshd (its sftp sessions and the
-    AuthorizedKeysCommand it runs at each login), server peak RSS the sum of their peaks;
-    ``serve_*`` and ``sshd_*`` hold each part.
-    """
+
+def _server_parts(stage: ApprovedStage, m: Measurement) -> Record:
+    """The server figures of a stagebox sftp run: ``stagebox serve`` plus what serves
+    the SFTP side beside it (the staging sshd; nothing for the built-in endpoint, which is
+    serve's own thread); when there is such a part, ``serve_*`` and ``<name>_*`` hold
+    each part."""
+    serve_cpu, serve_rss = m.server_cpu_s or 0.0, m.server_peak_rss or 0
+    parts: Record = {"serve_cpu_s": serve_cpu, "serve_peak_rss": serve_rss} if m.also_cpu_s else {}
+    for name in m.also_cpu_s:
+        parts[f"{name}_cpu_s"] = m.also_cpu_s[name]
+        parts[f"{name}_peak_rss"] = m.also_peak_rss[name]
+    server_cpu = serve_cpu + sum(m.also_cpu_s.values())
+    return {
+        "server_cpu_s": server_cpu,
+        "server_peak_rss": serve_rss + sum(m.also_peak_rss.values()),
+        **parts,
+    }
+
+
+@dataclass
+class _SftpRun:
+    """What ``_stagebox_sftp_run`` measured and checked: each client's measurement and
+    ``--json`` totals, and the stage's figures for the run."""
+
+    ms: list[Measurement]
+    totals: list[dict[str, Any]]
+    parts: Record  # _server_parts
+    logins: int
+    staged_files_left: int
+
+
+def _stagebox_sftp_run(
+    b: Bench, stage: ApprovedStage, srcs: list[Path], files: int, label: str
+) -> _SftpRun:
+    """``stagebox upload SRC --method sftp`` of each source, all started together (one:
+    ``run_measured``'s case), client ``i`` as the stage's uploader ``i`` (its own key,
+    token and journal) into a dataset of its own, to a fresh server; each must report
+    its ``files`` files verified. Then the stage is reset: what the run stored goes now
+    (tmpfs: its memory), not at the next run."""
+    if len(srcs) > len(stage.installs):
+        raise RunFailed(f"{len(srcs)} uploads at once need as many uploaders on the stage")
     run_dir = b.fresh_dir(label)
     server = stage.fresh_server()
-    logins0 = stage.sshd_logins()
+    logins0 = stage.logins(server)
+    also, groups = stage.measured()
+    clients = []
     try:
-        state = run_dir / "client-state"
-        state.mkdir()
-        cmd = stagebox_cmd(
-            "upload",
-            str(src),
-            "--server",
-            server.url,
-            "--dataset",
-            f"bench-{label}",
-            "--method",
-            "sftp",
-            "--json",
-        )
+        for i, src in enumerate(srcs):
+            state = run_dir / f"client-{i}-state"
+            state.mkdir()
+            dataset = f"bench-{label}" if len(srcs) == 1 else f"bench-{label}-{i}"
+            clients.append(
+                Client(
+                    _sftp_upload_cmd(server, src, dataset),
+                    stdout=run_dir / f"client-{i}.json",
+                    stderr=run_dir / f"client-{i}.err",
+                    env=stage.client_env(state, who=i),
+                )
+            )
         os.sync()
-        out, err = run_dir / "client.json", run_dir / "client.err"
-        m = run_measured(
-            cmd,
-            stdout=out,
-            stderr=err,
-            env=stage.client_env(state),
-            server=server.process,
-            also={"sshd": stage.sshd.process},
-            drain_server_children=True,
-            groups={"sshd": stage.sshd.cpu_group} if stage.sshd.cpu_group else None,
+        ms = run_measured_many(
+            clients, server=server.process, also=also, drain_server_children=True, groups=groups
         )
     finally:
         server.stop()
-    what = f"stagebox upload --method sftp ({label})"
-    totals = _check_report(what, m, out, err, server.log_path, files)
+    totals = []
+    for i, (client, m) in enumerate(zip(clients, ms, strict=True)):
+        what = f"stagebox upload --method sftp ({label}{f', client {i}' if i else ''})"
+        totals.append(_check_report(what, m, client.stdout, client.stderr, server.log_path, files))
     left, _ = count_files(stage.staging)
+    logins = stage.logins(server) - logins0
+    stage.reset()
     shutil.rmtree(run_dir)
-    serve_cpu, sshd_cpu = m.server_cpu_s or 0.0, m.also_cpu_s["sshd"]
-    serve_rss, sshd_rss = m.server_peak_rss or 0, m.also_peak_rss["sshd"]
+    return _SftpRun(ms, totals, _server_parts(stage, ms[0]), logins, left)
+
+
+def stagebox_sftp_upload(
+    b: Bench, stage: ApprovedStage, src: Path, files: int, nbytes: int, label: str
+) -> Record:
+    """``stagebox upload SRC --dataset --method sftp``; every file must be verified.
+
+    Server CPU is ``stagebox serve`` plus, for the OpenSSH staging host, the staging sshd
+    (its sftp sessions and the AuthorizedKeysCommand it runs at each login), server peak
+    RSS the sum of their peaks; ``serve_*`` and ``sshd_*`` hold each part. For the
+    built-in endpoint the server is ``stagebox serve`` alone.
+    """
+    run = _stagebox_sftp_run(b, stage, [src], files, label)
+    (m,), (totals,) = run.ms, run.totals
     return record(
         m,
         files=files,
         bytes=nbytes,
         bytes_sent=totals.get("bytes_sent"),
         client_reported_s=totals.get("seconds"),
-        server_cpu_s=serve_cpu + sshd_cpu,
-        cpu_s=m.client_cpu_s + serve_cpu + sshd_cpu,
-        server_peak_rss=serve_rss + sshd_rss,
-        serve_cpu_s=serve_cpu,
-        serve_peak_rss=serve_rss,
-        sshd_cpu_s=sshd_cpu,
-        sshd_peak_rss=sshd_rss,
-        sshd_logins=stage.sshd_logins() - logins0,
-        staged_files_left=left,
+        cpu_s=m.client_cpu_s + run.parts["server_cpu_s"],
+        **run.parts,
+        **{stage.logins_field: run.logins},
+        staged_files_left=run.staged_files_left,
     )
+
+
+def stagebox_sftp_uploads_at_once(
+    b: Bench, stage: ApprovedStage, srcs: list[Path], nbytes: int, label: str
+) -> Record:
+    """One ``stagebox upload SRC --method sftp`` of one file per source, all started
+    together, each by its own uploader of ``stage``. The record's client figures are the
+    worst client's (peak RSS) or the sum (CPU), with each client's in ``*_each``; wall
+    time runs from the first spawn to the last exit; ``all_running_s`` is how long all of
+    them were running at once (it must be > 0)."""
+    run = _stagebox_sftp_run(b, stage, srcs, 1, label)
+    ms = run.ms
+    all_running = min(m.ended for m in ms) - max(m.started for m in ms)
+    if all_running <= 0:
+        raise RunFailed(f"{label}: the {len(ms)} clients were never all running at once")
+    client_cpu = sum(m.client_cpu_s for m in ms)
+    return {
+        **record(ms[0]),
+        "wall_s": max(m.ended for m in ms) - min(m.started for m in ms),
+        "exit_code": max((m.exit_code for m in ms), key=abs),
+        "client_cpu_s": client_cpu,
+        "cpu_s": client_cpu + run.parts["server_cpu_s"],
+        "client_peak_rss": max(m.client_peak_rss for m in ms),
+        "clients": len(ms),
+        "client_peak_rss_each": [m.client_peak_rss for m in ms],
+        "client_wall_s_each": [m.wall_s for m in ms],
+        "client_cpu_s_each": [m.client_cpu_s for m in ms],
+        "all_running_s": all_running,
+        "files": len(ms),
+        "bytes": nbytes * len(ms),
+        **run.parts,
+        stage.logins_field: run.logins,
+        "staged_files_left": run.staged_files_left,
+    }
 
 
 def on_staging_sshd(rec: Record) -> Record:
@@ -448,18 +590,26 @@ def on_staging_sshd(rec: Record) -> Record:
     return {**rec, "sshd_cpu_s": rec["server_cpu_s"], "sshd_peak_rss": rec["server_peak_rss"]}
 
 
-def sftp_put(b: Bench, path: Path, label: str, sshd: Sshd) -> Record:
-    """OpenSSH ``sftp`` batch ``put`` of one file into an empty folder on ``sshd``."""
+def sftp_put(
+    b: Bench,
+    path: Path,
+    label: str,
+    sshd: Sshd,
+    cipher: str | None = None,
+    dest_root: Path | None = None,
+) -> Record:
+    """OpenSSH ``sftp`` batch ``put`` of one file into an empty folder on ``sshd`` (under
+    ``dest_root`` if given), with ``-c cipher`` if given, else OpenSSH's default."""
 
     def command(sshd: Sshd, dest: Path) -> list[str]:
         batch = dest.parent / "batch"
         batch.write_text(f'put "{path}" "{dest / path.name}"\n')
         return [
-            "sftp", "-q", "-b", str(batch), "-P", str(sshd.port), *sshd.ssh_options(),
-            f"{sshd.user}@127.0.0.1",
+            "sftp", "-q", *(["-c", cipher] if cipher else []), "-b", str(batch),
+            "-P", str(sshd.port), *sshd.ssh_options(), f"{sshd.user}@127.0.0.1",
         ]  # fmt: skip
 
-    return _peer(b, "sftp put", label, command, sshd, 1, path.stat().st_size)
+    return _peer(b, "sftp put", label, command, sshd, 1, path.stat().st_size, dest_root)
 
 
 def scp_tree(b: Bench, src: Path, files: int, nbytes: int, label: str, sshd: Sshd) -> Record:

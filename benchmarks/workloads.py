@@ -116,3 +116,21 @@ def sha256_of(path: Path) -> str:
         while chunk := f.read(BLOCK // 16):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def linked_copies(folder: Path, n: int) -> list[Path]:
+    """``n`` folders each holding a hard link to ``folder``'s ``data.bin``: ``n`` datasets
+    of one file's bytes, in the disk space (and page cache) of one."""
+    src = folder / "data.bin"
+    inode = src.stat().st_ino
+    root = folder.parent / f"{folder.name}-linked"
+    copies = []
+    for i in range(n):
+        copy = root / f"ds{i}"
+        link = copy / src.name
+        if not (link.exists() and link.stat().st_ino == inode):
+            copy.mkdir(parents=True, exist_ok=True)
+            link.unlink(missing_ok=True)
+            os.link(src, link)
+        copies.append(copy)
+    return copies
