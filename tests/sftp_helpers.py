@@ -8,13 +8,16 @@ import json
 import os
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from tests.integration.test_upload import make_tree
+from tests.integration.test_upload import wait_for as _wait_for
 from tests.servers import StageboxServer, stagebox_cmd
+
+tree = make_tree  # the sftp tests' name for it
 
 BOX = "sftp-staging"
 
@@ -102,14 +105,6 @@ class Uploaders:
         )
 
 
-def tree(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return root
-
-
 def failures(report: dict, stderr: str) -> str:
     failed = [f"{f['path']}: {f['error']}" for f in report["files"] if f["state"] == "failed"]
     return "\n".join([*failed[:10], report.get("error") or "", stderr[-3000:]])
@@ -124,12 +119,7 @@ def datafiles(api: httpx.Client) -> list[dict]:
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return _wait_for(predicate, timeout, what)
 
 
 def register_sftp(api: httpx.Client, dataset: str, filename: str, size: int) -> dict:
