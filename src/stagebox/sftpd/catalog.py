@@ -67,7 +67,8 @@ def sftp_box(ctx: ServerContext, name: str | None) -> StorageBox:
         if not boxes:
             raise LookupError(
                 "no sftp staging box yet: add one with stagebox admin box add NAME "
-                "--role staging --path DIR --sftp-host HOST --sftp-user USER --sftp-port PORT"
+                "--role staging --path DIR --sftp-endpoint stagebox --sftp-host HOST "
+                "--sftp-port PORT --sftp-user USER"
             )
         if len(boxes) > 1:
             names = ", ".join(box.name for box in boxes)
