@@ -637,3 +637,28 @@ def test_sftp_serve_alone_recovers_a_whole_file_and_stops_on_sigterm(
     with env.api(pair.a) as api:
         assert complete(api, mine["id"], data).status_code == 200
         assert settled(api, mine["id"])["state"] == "stored"
+
+
+@pytest.mark.parametrize("command", ["serve", "sftp-serve"])
+def test_no_box_for_the_endpoint_is_one_line(tmp_path: Path, command: str) -> None:
+    data = tmp_path / "data"
+    subprocess.run(stagebox_cmd("admin", "--data-dir", str(data), "init"), check=True)
+    subprocess.run(
+        stagebox_cmd(
+            "admin", "--data-dir", str(data), "box", "add", "old", "--role", "staging",
+            "--path", str(tmp_path / "st"), "--sftp-host", "h", "--sftp-user", "u",
+        ),
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    port_flag = "--sftp-port" if command == "serve" else "--port"
+    proc = subprocess.run(
+        stagebox_cmd(command, "--data-dir", str(data), port_flag, str(free_port())),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("stagebox:")]
+    assert len(lines) == 1 and "--sftp-endpoint stagebox" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr

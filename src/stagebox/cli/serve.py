@@ -3,11 +3,14 @@ from __future__ import annotations
 import logging
 import ssl
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from stagebox.errors import ConfigError
+
+if TYPE_CHECKING:
+    from stagebox.config import Settings
 
 DataDir = Annotated[
     Path | None,
@@ -58,6 +61,8 @@ def serve(
     )
     if settings.ssl_certfile:
         _check_tls(settings.ssl_certfile, settings.ssl_keyfile)
+    if settings.sftp_port is not None:
+        _check_sftp_box(settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
@@ -80,3 +85,19 @@ def _check_tls(certfile: Path, keyfile: Path | None) -> None:
     except (ssl.SSLError, OSError) as exc:
         named = f"{certfile}" + (f" with key {keyfile}" if keyfile else "")
         raise ConfigError(f"TLS certificate {named}: cannot be loaded ({exc})") from None
+
+
+def _check_sftp_box(settings: Settings) -> None:
+    """The box ``--sftp-port`` would serve exists: a missing one is one line now, not
+    a failed start-up inside the server."""
+    from stagebox.server.db.session import Catalog
+    from stagebox.sftpd.catalog import sftp_box
+
+    catalog = Catalog(settings.catalog_url)
+    try:
+        catalog.migrate()
+        sftp_box(catalog, settings.sftp_box)
+    except LookupError as exc:
+        raise ConfigError(f"--sftp-port: {exc.args[0]}") from None
+    finally:
+        catalog.dispose()

@@ -23,6 +23,8 @@ from stagebox.server.db.models import (
     StorageBox,
     Uploader,
 )
+from stagebox.server.db.session import Catalog
+from stagebox.server.services.boxes import hashes_on_write
 from stagebox.server.services.context import ServerContext
 from stagebox.server.services.states import transition
 
@@ -50,9 +52,10 @@ class Upload:
     size: int
 
 
-def sftp_box(ctx: ServerContext, name: str | None) -> StorageBox:
-    """The staging box to serve: the one named, or the only sftp box there is."""
-    with ctx.catalog.session() as session:
+def sftp_box(catalog: Catalog, name: str | None) -> StorageBox:
+    """The staging box to serve: the one named, or the only one added with
+    ``--sftp-endpoint stagebox`` (boxes sshd serves are never this endpoint's)."""
+    with catalog.session() as session:
         boxes = [
             box
             for box in session.scalars(select(StorageBox).order_by(StorageBox.id))
@@ -64,6 +67,12 @@ def sftp_box(ctx: ServerContext, name: str | None) -> StorageBox:
                 raise LookupError(
                     f"no sftp staging box named {name!r} (stagebox admin box list shows them)"
                 )
+            if not hashes_on_write(boxes[0].attributes):
+                raise LookupError(
+                    f"box {name} is served by OpenSSH's sshd (sftp_endpoint openssh), "
+                    "not by this endpoint"
+                )
+        boxes = [box for box in boxes if hashes_on_write(box.attributes)]
         if not boxes:
             raise LookupError(
                 "no sftp staging box yet: add one with stagebox admin box add NAME "

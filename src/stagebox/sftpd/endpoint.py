@@ -180,7 +180,7 @@ class Endpoint:
     def __init__(self, ctx: ServerContext, box_name: str | None = None) -> None:
         settings = ctx.settings
         self.ctx = ctx
-        box = catalog.sftp_box(ctx, box_name or settings.sftp_box)
+        box = catalog.sftp_box(ctx.catalog, box_name or settings.sftp_box)
         self.box_id = box.id
         self.box_name = box.name
         self.username = box.attributes["sftp_user"]
