@@ -340,6 +340,29 @@ def test_a_handle_kept_open_across_promotion_cannot_write_again(env: Endpoint, p
     b_finishes(env, pair)
 
 
+def test_a_handle_opened_before_a_truncating_open_is_cut_off_too(env: Endpoint, pair: Pair) -> None:
+    """Two handles on one file, the second truncating it: staging the file cuts off both."""
+    data = os.urandom(50_000)
+    with env.api(pair.a) as api:
+        mine = register_sftp(api, "d", "truncated.bin", len(data))
+    path = mine["sftp_path"]
+
+    async def attempt(sftp: asyncssh.SFTPClient) -> None:
+        await sftp.makedirs(str(Path(path).parent), exist_ok=True)
+        first = await sftp.open(path, "wb")
+        await first.write(b"x" * 1000, 0)
+        second = await sftp.open(path, "wb")  # truncates
+        await second.write(data, 0)
+        await second.close()  # whole: staged
+        assert staged_row(env, mine["id"])[1] == hashlib.sha256(data).hexdigest()
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await first.write(b"evil", 0)
+        await first.close()
+
+    asyncssh_run(_as(env, pair.a, attempt))
+    assert Path(path).read_bytes() == data
+
+
 def test_a_revoked_key_and_an_unknown_key_are_refused(
     env: Endpoint, pair: Pair, tmp_path: Path
 ) -> None:

@@ -199,6 +199,8 @@ class Endpoint:
     def _sftp(self, chan: asyncssh.SSHServerChannel[bytes]) -> UploaderSFTP:
         owner = chan.get_connection().get_owner()
         assert isinstance(owner, Auth) and owner.who is not None
+        # Approval makes the uploader's root; a box added or moved since may lack it.
+        (self.backend.root / owner.who.uuid).mkdir(mode=0o750, exist_ok=True)
         return UploaderSFTP(
             chan,
             who=owner.who,

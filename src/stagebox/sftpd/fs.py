@@ -78,12 +78,19 @@ class Tracker:
     """The in-order hash of one file (one inode), shared by every handle on it."""
 
     def __init__(self, algorithms: tuple[str, ...], limit: int) -> None:
-        self.hasher: MultiHasher | None = MultiHasher(algorithms)
+        self.algorithms = algorithms
+        self.limit = limit
+        self.handles: set[Handle] = set()
+        self.reset()
+
+    def reset(self) -> None:
+        """Start again from byte 0 (a new file, or one truncated)."""
+        self.hasher: MultiHasher | None = MultiHasher(self.algorithms)
         self.ahead: dict[int, bytes] = {}
         self.ahead_bytes = 0
-        self.limit = limit
         self.gap = False  # bytes ahead were dropped: read the rest back at the end
-        self.handles: set[Handle] = set()
+        self.rebuilding = False  # the prefix on disk is being hashed on another thread
+        self.generation = getattr(self, "generation", 0) + 1
 
     @property
     def hashed(self) -> int:
@@ -92,6 +99,12 @@ class Tracker:
     def feed(self, offset: int, data: bytes) -> None:
         hasher = self.hasher
         if hasher is None:
+            return
+        if self.rebuilding:
+            # Bytes written while the prefix is read back: only a full re-read can
+            # tell what the file holds.
+            self.hasher = None
+            self._drop_ahead()
             return
         end = offset + len(data)
         if offset == hasher.length:
@@ -128,7 +141,7 @@ class Tracker:
 
     def complete(self, size: int) -> dict[str, str] | None:
         """The digests if every byte up to ``size`` was hashed in order."""
-        if self.hasher is not None and self.hasher.length == size:
+        if self.hasher is not None and not self.rebuilding and self.hasher.length == size:
             return self.hasher.hexdigests()
         return None
 
@@ -152,6 +165,8 @@ class Files:
     algorithms: tuple[str, ...]
     limits: Limits
     trackers: dict[tuple[int, int], Tracker] = field(default_factory=dict)
+    # Every handle open for writing, by inode: what a seal cuts off.
+    writers: dict[tuple[int, int], set[Handle]] = field(default_factory=dict)
     finished: OrderedDict[tuple[int, int], tuple[int, int, Tracker]] = field(
         default_factory=OrderedDict
     )
@@ -165,7 +180,15 @@ class Files:
         tracker.handles.add(handle)
         self.trackers[handle.inode] = tracker
 
+    def opened(self, handle: Handle) -> None:
+        self.writers.setdefault(handle.inode, set()).add(handle)
+
     def detach(self, handle: Handle, st: os.stat_result | None) -> None:
+        writers = self.writers.get(handle.inode)
+        if writers is not None:
+            writers.discard(handle)
+            if not writers:
+                del self.writers[handle.inode]
         tracker, handle.tracker = handle.tracker, None
         if tracker is None:
             return
@@ -189,12 +212,10 @@ class Files:
         return tracker if (size, mtime) == (st.st_size, st.st_mtime_ns) else None
 
     def cut_off(self, inode: tuple[int, int], why: str) -> Tracker | None:
-        """Refuse every further write through any handle on ``inode``."""
-        tracker = self.trackers.get(inode)
-        if tracker is not None:
-            for handle in tracker.handles:
-                handle.dead = why
-        return tracker
+        """Refuse every further write through any handle on ``inode``, in any session."""
+        for handle in self.writers.get(inode, ()):
+            handle.dead = why
+        return self.trackers.get(inode)
 
 
 def _errno_error(exc: OSError, what: str) -> asyncssh.SFTPError:
@@ -444,6 +465,7 @@ class UploaderSFTP(asyncssh.SFTPServer):
         st = os.fstat(fd)
         handle = Handle(fd, key, upload, writable=True, inode=(st.st_dev, st.st_ino))
         self.handles.add(handle)
+        self.files.opened(handle)
         if upload is not None:
             await self._track(handle, st)
         return handle
@@ -462,18 +484,33 @@ class UploaderSFTP(asyncssh.SFTPServer):
         return fd
 
     async def _track(self, handle: Handle, st: os.stat_result) -> None:
-        """Share the file's tracker, or start one: an interrupted file's hash is
-        rebuilt from what is on disk, once, so the rest continues it in order."""
+        """Share the file's tracker, or start one. An interrupted file's hash is rebuilt
+        from what is on disk, once, so the rest continues it in order; the tracker is
+        shared from the start, so every handle on the file feeds the same one."""
         tracker = self.files.tracker(handle.inode)
-        if tracker is not None and st.st_size == 0 and tracker.hashed:
-            tracker = None  # truncated under an earlier handle: start again
-        if tracker is None:
-            tracker = self.files.take_finished(st)
-        if tracker is None:
-            tracker = Tracker(self.files.algorithms, self.files.limits.ahead_bytes)
-            if st.st_size:
-                await asyncio.to_thread(_hash_prefix, handle.fd, tracker, st.st_size)
+        if tracker is not None:
+            if st.st_size == 0 and tracker.hashed:
+                tracker.reset()  # truncated by this open: start again, for every handle
+            self.files.attach(handle, tracker)
+            return
+        tracker = self.files.take_finished(st)
+        if tracker is not None:
+            self.files.attach(handle, tracker)
+            return
+        tracker = Tracker(self.files.algorithms, self.files.limits.ahead_bytes)
         self.files.attach(handle, tracker)
+        if st.st_size:
+            tracker.rebuilding = True
+            generation = tracker.generation
+            prefix = MultiHasher(self.files.algorithms)
+            try:
+                await asyncio.to_thread(_hash_prefix, handle.fd, prefix, st.st_size)
+            finally:
+                if tracker.generation == generation:
+                    tracker.rebuilding = False
+            hasher = tracker.hasher
+            if tracker.generation == generation and hasher is not None and hasher.length == 0:
+                tracker.hasher = prefix  # nothing was written (or truncated) meanwhile
 
     def read(self, file_obj: object, offset: int, size: int) -> bytes:
         assert isinstance(file_obj, Handle)
@@ -613,9 +650,7 @@ class UploaderSFTP(asyncssh.SFTPServer):
             self.channel.exit(0)
 
 
-def _hash_prefix(fd: int, tracker: Tracker, size: int) -> None:
-    hasher = tracker.hasher
-    assert hasher is not None
+def _hash_prefix(fd: int, hasher: MultiHasher, size: int) -> None:
     offset = 0
     while offset < size:
         chunk = os.pread(fd, min(READ_SIZE, size - offset), offset)
