@@ -363,6 +363,52 @@ def test_a_handle_opened_before_a_truncating_open_is_cut_off_too(env: Endpoint, 
     assert Path(path).read_bytes() == data
 
 
+def test_an_open_racing_the_seal_never_writes_into_staged_bytes(env: Endpoint, pair: Pair) -> None:
+    """One session renames NAME.part into place (the seal) while a second keeps opening
+    NAME for writing: every handle it got must be refused once the file is staged."""
+    rounds, leaked = 15, []
+    data = os.urandom(20_000)
+
+    async def race() -> None:
+        one, two = await env.login(pair.a), await env.login(pair.a)
+        async with one, two, one.start_sftp_client() as s1, two.start_sftp_client() as s2:
+            for n in range(rounds):
+                with env.api(pair.a) as api:
+                    mine = register_sftp(api, "race", f"r{n}.bin", len(data))
+                path = mine["sftp_path"]
+                await s1.makedirs(str(Path(path).parent), exist_ok=True)
+                async with s1.open(path + ".part", "wb") as f:
+                    await f.write(data, 0)
+                handles: list[asyncssh.SFTPClientFile] = []
+                renamed = asyncio.ensure_future(s1.posix_rename(path + ".part", path))
+                await asyncio.gather(renamed, keep_opening(s2, path, renamed, handles))
+                for handle in handles:
+                    try:
+                        await handle.write(b"evil", 0)
+                        leaked.append(n)
+                    except asyncssh.SFTPPermissionDenied:
+                        pass
+                    await handle.close()
+                with env.api(pair.a) as api:
+                    assert complete(api, mine["id"], data).status_code == 200
+                    assert settled(api, mine["id"])["state"] == "stored"
+                    assert api.get(f"/api/v1/datafiles/{mine['id']}/content").content == data
+
+    asyncssh_run(race())
+    assert leaked == []
+
+
+async def keep_opening(
+    sftp: asyncssh.SFTPClient, path: str, until: asyncio.Future, into: list
+) -> None:
+    """Open ``path`` for writing again and again until ``until`` is done."""
+    while not until.done():
+        try:
+            into.append(await sftp.open(path, "r+b"))
+        except asyncssh.SFTPError:
+            await asyncio.sleep(0)
+
+
 def test_a_revoked_key_and_an_unknown_key_are_refused(
     env: Endpoint, pair: Pair, tmp_path: Path
 ) -> None:

@@ -171,6 +171,25 @@ class Files:
         default_factory=OrderedDict
     )
     keep_finished: int = 4096
+    # One lock per upload (its final name) while a seal or an open for writing decides.
+    _locks: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, final: str) -> AsyncIterator[None]:
+        """Opens for writing and the seal of one upload, one at a time: an open either
+        registers its handle before the seal cuts handles off, or finds the upload
+        staged. (One endpoint process per box: the lock lives here.)"""
+        lock, users = self._locks.get(final, (asyncio.Lock(), 0))
+        self._locks[final] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[final]
+            if users == 1:
+                del self._locks[final]
+            else:
+                self._locks[final] = (lock, users - 1)
 
     def tracker(self, inode: tuple[int, int]) -> Tracker | None:
         return self.trackers.get(inode)
@@ -437,8 +456,7 @@ class UploaderSFTP(asyncssh.SFTPServer):
         relative = key[len(self.who.uuid) + 1 :]
         if BUNDLE.match(relative):
             return None
-        final = key[: -len(PART)] if key.endswith(PART) else key
-        upload = await self._catalog(catalog.writable, self.box_id, self.who, final)
+        upload = await self._catalog(catalog.writable, self.box_id, self.who, _final(key))
         if upload is None:
             raise self._refuse(op, path, "not an unfinished upload of this uploader")
         return upload
@@ -453,7 +471,6 @@ class UploaderSFTP(asyncssh.SFTPServer):
             handle = Handle(fd, key, None, writable=False)
             self.handles.add(handle)
             return handle
-        upload = await self._upload_of("open", path, key)
         flags = os.O_RDWR
         if pflags & asyncssh.FXF_CREAT:
             flags |= os.O_CREAT
@@ -461,11 +478,13 @@ class UploaderSFTP(asyncssh.SFTPServer):
             flags |= os.O_EXCL
         if pflags & asyncssh.FXF_TRUNC:
             flags |= os.O_TRUNC
-        fd = self._os(key, lambda: self._open_fd(key, flags))
-        st = os.fstat(fd)
-        handle = Handle(fd, key, upload, writable=True, inode=(st.st_dev, st.st_ino))
-        self.handles.add(handle)
-        self.files.opened(handle)
+        async with self.files.exclusive(_final(key)):
+            upload = await self._upload_of("open", path, key)
+            fd = self._os(key, lambda: self._open_fd(key, flags))
+            st = os.fstat(fd)
+            handle = Handle(fd, key, upload, writable=True, inode=(st.st_dev, st.st_ino))
+            self.handles.add(handle)
+            self.files.opened(handle)
         if upload is not None:
             await self._track(handle, st)
         return handle
@@ -561,6 +580,10 @@ class UploaderSFTP(asyncssh.SFTPServer):
         """If ``key`` (a final name) holds the registered size: cut every handle
         off, finish the hash (reading back only what was not hashed in order),
         and record the upload staged with the endpoint's digests."""
+        async with self.files.exclusive(key):
+            return await self._seal_now(key, upload)
+
+    async def _seal_now(self, key: str, upload: Upload) -> bool:
         try:
             st = self._lstat(key)
         except (OSError, StageboxError):
@@ -594,6 +617,10 @@ class UploaderSFTP(asyncssh.SFTPServer):
 
     async def _remove(self, path: bytes) -> None:
         key = self._key("remove", path)
+        async with self.files.exclusive(_final(key)):
+            await self._remove_now(path, key)
+
+    async def _remove_now(self, path: bytes, key: str) -> None:
         await self._upload_of("remove", path, key)
         dirs, name = self._split(key)
 
@@ -618,6 +645,10 @@ class UploaderSFTP(asyncssh.SFTPServer):
         old, new = self._key("rename", oldpath), self._key("rename", newpath)
         if old != new + PART:
             raise self._refuse("rename", oldpath, "only NAME.part can be renamed, to NAME")
+        async with self.files.exclusive(new):
+            await self._rename_now(newpath, new, replace)
+
+    async def _rename_now(self, newpath: bytes, new: str, replace: bool) -> None:
         upload = await self._upload_of("rename", newpath, new)
         assert upload is not None
         dirs, name = self._split(new)
@@ -637,7 +668,7 @@ class UploaderSFTP(asyncssh.SFTPServer):
                 os.rename(name + PART, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
         self._os(new, move)
-        await self._seal(new, upload)
+        await self._seal_now(new, upload)
 
     def exit(self) -> None:
         for handle in list(self.handles):
@@ -648,6 +679,11 @@ class UploaderSFTP(asyncssh.SFTPServer):
         # that ends without an exit status.
         with contextlib.suppress(OSError, asyncssh.Error):
             self.channel.exit(0)
+
+
+def _final(key: str) -> str:
+    """The upload's final name: ``key`` without ``.part``."""
+    return key[: -len(PART)] if key.endswith(PART) else key
 
 
 def _hash_prefix(fd: int, hasher: MultiHasher, size: int) -> None:
