@@ -258,15 +258,20 @@ def test_a_cannot_read_rename_or_remove_b(env: Endpoint, pair: Pair) -> None:
     assert Path(path).read_bytes() == b"12"
 
 
+def half_written(env: Endpoint, machine: Machine) -> str:
+    """A registered 4-byte file of ``machine``'s, 2 bytes of it written; its path."""
+    with env.api(machine) as api:
+        path = register_sftp(api, "d", "mine.bin", 4)["sftp_path"]
+
+    async def write(sftp: asyncssh.SFTPClient) -> None:
+        await put(sftp, path, b"ab", rename=False)
+
+    asyncssh_run(_as(env, machine, write))
+    return path
+
+
 def test_a_cannot_link_or_symlink(env: Endpoint, pair: Pair) -> None:
-    with env.api(pair.a) as api:
-        mine = register_sftp(api, "d", "mine.bin", 4)
-    a_path = mine["sftp_path"]
-
-    async def prepare(sftp: asyncssh.SFTPClient) -> None:
-        await put(sftp, a_path, b"ab", rename=False)
-
-    asyncssh_run(_as(env, pair.a, prepare))
+    a_path = half_written(env, pair.a)
     as_a(env, pair, lambda sftp: sftp.link(a_path, pair.b_path))
     as_a(env, pair, lambda sftp: sftp.link(pair.b_path, a_path + ".link"))
     as_a(env, pair, lambda sftp: sftp.symlink(pair.b_path, a_path + ".sym"))
@@ -282,12 +287,9 @@ async def _as(env: Endpoint, machine: Machine, action) -> None:
 
 
 def test_a_cannot_set_an_old_mtime_or_a_mode_on_its_own_file(env: Endpoint, pair: Pair) -> None:
-    with env.api(pair.a) as api:
-        mine = register_sftp(api, "d", "mine.bin", 4)
-    path = mine["sftp_path"]
+    path = half_written(env, pair.a)
 
     async def attempt(sftp: asyncssh.SFTPClient) -> None:
-        await put(sftp, path, b"ab", rename=False)
         before = (await sftp.stat(path)).mtime
         with pytest.raises(asyncssh.SFTPPermissionDenied):
             await sftp.utime(path, (1_000_000, 1_000_000))

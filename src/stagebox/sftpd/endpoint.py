@@ -35,7 +35,7 @@ from stagebox.server.services.boxes import hashes_on_write
 from stagebox.server.services.context import ServerContext
 from stagebox.sftpd import catalog
 from stagebox.sftpd.catalog import Login
-from stagebox.sftpd.fs import Files, Limits, UploaderSFTP
+from stagebox.sftpd.fs import Files, Limits, UploaderSFTP, hash_rest
 from stagebox.storage import LocalBackend
 
 log = logging.getLogger(__name__)
@@ -255,14 +255,12 @@ class Endpoint:
                 size = self.backend.size(upload.key)
                 if size != upload.size:
                     continue
-                hasher = MultiHasher(self.files.algorithms)
-                with self.backend.open_read(upload.key) as f:
-                    hasher.update_from(f)
+                digests = hash_rest(self.backend, upload.key, MultiHasher(self.files.algorithms))
             except StageboxError as exc:
                 log.warning("sftp recovery: %s left alone: %s", upload.key, exc)
                 continue
             identity = self.backend.identity(upload.key)
-            if catalog.record_staged(self.ctx, upload.replica_id, hasher.hexdigests(), identity):
+            if catalog.record_staged(self.ctx, upload.replica_id, digests, identity):
                 log.info("sftp recovery: %s was whole; staged", upload.key)
                 staged += 1
         return staged

@@ -606,11 +606,7 @@ class UploaderSFTP(asyncssh.SFTPServer):
 
     def _hash_rest(self, key: str, tracker: Tracker | None) -> dict[str, str]:
         hasher = tracker.hasher if tracker is not None else None
-        if hasher is None:
-            hasher = MultiHasher(self.files.algorithms)
-        with self.box.open_read(key, hasher.length) as f:
-            hasher.update_from(f)
-        return hasher.hexdigests()
+        return hash_rest(self.box, key, hasher or MultiHasher(self.files.algorithms))
 
     def remove(self, path: bytes) -> Any:
         return self._remove(path)
@@ -679,6 +675,13 @@ class UploaderSFTP(asyncssh.SFTPServer):
         # that ends without an exit status.
         with contextlib.suppress(OSError, asyncssh.Error):
             self.channel.exit(0)
+
+
+def hash_rest(box: LocalBackend, key: str, hasher: MultiHasher) -> dict[str, str]:
+    """Finish ``hasher`` (which holds the file's first ``hasher.length`` bytes) from disk."""
+    with box.open_read(key, hasher.length) as f:
+        hasher.update_from(f)
+    return hasher.hexdigests()
 
 
 def _final(key: str) -> str:
