@@ -26,6 +26,7 @@ from pathlib import Path
 import asyncssh
 from sqlalchemy import select
 
+from stagebox import ssh
 from stagebox.checksums import MultiHasher
 from stagebox.config import Settings
 from stagebox.errors import ConfigError, StageboxError
@@ -42,12 +43,14 @@ log = logging.getLogger(__name__)
 
 HOST_KEY_NAME = "sftp_host_ed25519_key"
 # Flow control per session: room for many write requests in flight, and packets as
-# large as a client will send (asyncssh's client sends up to this, OpenSSH's stop at
-# 32 KiB), so fewer packets are decrypted and parsed per byte. Against asyncssh's
-# defaults (2 MiB, 32 KiB), 1 GiB from stagebox's client: 229-257 MB/s and 7.2-8.0
-# CPU-s instead of 144-161 MB/s and 11.5-12.6 CPU-s (benchmarks sftpd-big, 3 runs each).
+# large as a client will send (OpenSSH's clients stop at 32 KiB), so fewer packets are
+# decrypted and parsed per byte. Against asyncssh's defaults (2 MiB, 32 KiB), 1 GiB
+# from stagebox's client: 229-257 MB/s and 7.2-8.0 CPU-s instead of 144-161 MB/s and
+# 11.5-12.6 CPU-s (benchmarks sftpd-big, 3 runs each). A packet holds one whole write
+# request of the client's 256 KiB chunks with its header (exactly 256 KiB split each
+# request into a full packet and a 30-byte one); 1 MiB chunks and packets were slower.
 WINDOW = 16 << 20
-MAX_PKTSIZE = 256 << 10
+MAX_PKTSIZE = (256 + 1) << 10
 
 
 def host_key_path(settings: Settings) -> Path:
@@ -106,6 +109,7 @@ class Auth(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        ssh.coalesce_writes(conn)
         peer = conn.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
 

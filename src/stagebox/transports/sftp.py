@@ -15,6 +15,7 @@ import collections
 import contextlib
 import posixpath
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import TypeVar
 
@@ -234,9 +235,9 @@ class SftpTransport(Transport):
         async with sftp.open(path, flags, attrs=self._attrs(FILE_MODE), encoding=None) as handle:
             offset = 0
             writes = []
-            for part in parts:
-                writes.append(handle.write(part, offset))
-                offset += len(part)
+            for chunk in gather(parts, self.chunk_size):
+                writes.append(handle.write(chunk, offset))
+                offset += len(chunk)
             for write in writes:
                 await write
 
@@ -251,6 +252,26 @@ class SftpTransport(Transport):
             self._drop()
             with contextlib.suppress(Exception):  # closing anyway
                 ssh.run(conn.wait_closed(), timeout=10)
+
+
+def gather(parts: list[bytes], size: int) -> Iterator[bytes]:
+    """The bytes of ``parts`` in order, as pieces of ``size`` (the last may be shorter):
+    a bundle of small files goes out as a few full write requests, not one per file."""
+    pending: list[bytes] = []
+    held = 0
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            take = view[: size - held]
+            view = view[len(take) :]
+            pending.append(bytes(take) if len(take) < len(part) else part)
+            held += len(take)
+            if held == size:
+                yield b"".join(pending)
+                pending.clear()
+                held = 0
+    if pending:
+        yield b"".join(pending)
 
 
 async def _remove(sftp: asyncssh.SFTPClient, path: str) -> None:
