@@ -9,7 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -24,6 +24,19 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _begin_before_savepoint(conn: Connection, _name: str | None) -> None:
+    """Open the transaction a SAVEPOINT belongs in, if none is open yet.
+
+    Python's sqlite3 driver begins a transaction only before a write. A SAVEPOINT
+    sent first would begin its own, and releasing it would commit what it held
+    ahead of the rest of the session. IMMEDIATE, since a savepoint is taken to
+    write: the write lock is waited for (busy_timeout) now, not refused later.
+    """
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is not None and not dbapi.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 class Catalog:
     """The catalog database: an engine, a session factory and its migrations."""
 
@@ -35,6 +48,7 @@ class Catalog:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "savepoint", _begin_before_savepoint)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def migrate(self, revision: str = "head") -> None:
