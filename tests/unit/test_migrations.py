@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -87,3 +90,33 @@ def test_0004_gives_existing_files_version_1_and_owners_their_own_datasets(tmp_p
         with pytest.raises(IntegrityError), catalog.engine.begin() as conn:
             conn.execute(text(statement), {"now": now})
     catalog.dispose()
+
+
+def test_head_is_alembics_newest_migration():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from stagebox.server.db import session
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(session.MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_heads() == [session.HEAD]
+
+
+def test_a_current_catalog_starts_without_alembic_and_an_old_one_is_carried_forward(tmp_path):
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    old = Catalog(url)
+    old.migrate("0004")
+    assert old.revision() == "0004"
+    old.dispose()
+    probe = (
+        "import sys; from stagebox.server.db.session import Catalog, HEAD;"
+        " c = Catalog(sys.argv[1]); c.migrate();"
+        " print(c.revision() == HEAD, 'alembic' in sys.modules)"
+    )
+    # an old catalog: Alembic is loaded and migrates it to the head
+    first = subprocess.run([sys.executable, "-c", probe, url], capture_output=True, text=True)
+    assert first.stdout.split() == ["True", "True"], first.stderr
+    # a current one: recognised by its revision alone
+    again = subprocess.run([sys.executable, "-c", probe, url], capture_output=True, text=True)
+    assert again.stdout.split() == ["True", "False"], again.stderr
