@@ -18,7 +18,7 @@ import httpx
 import pytest
 import typer.main
 
-from stagebox.cli.app import app
+from stagebox.cli.app import build
 from stagebox.server.process import free_port, stagebox_cmd, stop_group, wait_healthy
 from tests.servers import StageboxServer
 
@@ -55,7 +55,7 @@ def commands() -> list[list[str]]:
         for name, sub in getattr(command, "commands", {}).items():
             walk(sub, [*path, name])
 
-    walk(typer.main.get_command(app), [])
+    walk(typer.main.get_command(build()), [])
     return found
 
 

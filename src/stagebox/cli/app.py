@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -10,44 +11,46 @@ from typing import Annotated
 import typer
 
 from stagebox import __version__
-from stagebox.cli import (
-    admin,
-    bag,
-    config,
-    demo,
-    ingest,
-    packages,
-    register,
-    serve,
-    sftpd,
-    upload,
-    verify,
-    watch,
-)
 from stagebox.errors import ConfigError, Forbidden, InvalidInput, StageboxError
 
-app = typer.Typer(
-    name="stagebox",
-    help="Stage research data, prove every byte arrived, then store it.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    rich_markup_mode=None,
-)
-app.command("serve")(serve.serve)
-app.command("sftp-serve")(sftpd.sftp_serve)
-app.command("upload")(upload.upload)
-app.command("verify")(verify.verify)
-app.command("watch")(watch.watch)
-app.command("status")(watch.status)
-app.command("register")(register.register)
-app.command("demo")(demo.demo)
-app.command("pack")(packages.pack_command)
-app.command("push")(packages.push_command)
-app.add_typer(admin.app, name="admin")
-app.add_typer(bag.app, name="bag")
-app.add_typer(config.app, name="config")
-app.add_typer(ingest.app, name="ingest")
+# Each command and group, by the module that holds it. ``run`` loads only the one
+# named on the command line (``stagebox admin ...`` never loads the upload client,
+# and the reverse): each module costs import time at every start.
+COMMANDS = {
+    "serve": ("serve", "serve"),
+    "sftp-serve": ("sftpd", "sftp_serve"),
+    "upload": ("upload", "upload"),
+    "verify": ("verify", "verify"),
+    "watch": ("watch", "watch"),
+    "status": ("watch", "status"),
+    "register": ("register", "register"),
+    "demo": ("demo", "demo"),
+    "pack": ("packages", "pack_command"),
+    "push": ("packages", "push_command"),
+}
+GROUPS = {"admin": "admin", "bag": "bag", "config": "config", "ingest": "ingest"}
+
+
+def build(only: str | None = None) -> typer.Typer:
+    """The CLI with every command, or with only the command or group ``only``."""
+    app = typer.Typer(
+        name="stagebox",
+        help="Stage research data, prove every byte arrived, then store it.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        rich_markup_mode=None,
+    )
+    app.callback()(main)
+    for name, (module, attr) in COMMANDS.items():
+        if only in (None, name):
+            app.command(name)(getattr(importlib.import_module(f"stagebox.cli.{module}"), attr))
+    for name, module in GROUPS.items():
+        if only in (None, name):
+            group = importlib.import_module(f"stagebox.cli.{module}").app
+            app.add_typer(group, name=name)
+    return app
+
 
 USAGE_ERRORS = (ConfigError, InvalidInput, Forbidden)
 
@@ -65,7 +68,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def main(
     version: Annotated[
         bool,
@@ -98,8 +100,9 @@ def _terminate(signum: int, frame: object) -> None:
 def run() -> None:
     """Run the CLI: errors become one line and an exit code (``--debug`` shows tracebacks)."""
     signal.signal(signal.SIGTERM, _terminate)
+    first = sys.argv[1] if len(sys.argv) > 1 else None
     try:
-        app()
+        build(first if first in COMMANDS or first in GROUPS else None)()
     except SystemExit as exc:
         if exc.code == 130 and _terminated["by"]:  # typer turns the interrupt into 130
             typer.echo("stagebox: stopped (SIGTERM)", err=True)
