@@ -43,7 +43,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP) system-deps lint typecheck
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=25 tests
 
 demo: $(DEMO_STAMP)
 	$(BIN)/stagebox demo
