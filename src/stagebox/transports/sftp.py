@@ -49,8 +49,9 @@ def _error(what: str, exc: BaseException) -> StageboxError:
 
 
 class SftpTransport(Transport):
-    # About the server's largest write request (OpenSSH: 255 KiB): asyncssh sends
-    # each chunk as one request, and smaller buffers keep the client's memory low.
+    # At most the server's largest write request (OpenSSH's: 255 KiB, which it says in
+    # limits@openssh.com), so asyncssh sends each chunk as one request instead of
+    # splitting it in two; smaller buffers keep the client's memory low.
     chunk_size = 256 << 10
 
     def __init__(
@@ -91,10 +92,14 @@ class SftpTransport(Transport):
     async def _connect(self) -> asyncssh.SFTPClient:
         self._conn = await ssh.connect(self.target, self.options)
         try:
-            return await self._conn.start_sftp_client()
+            sftp = await self._conn.start_sftp_client()
         except (OSError, asyncssh.Error) as exc:
             self._conn.close()
             raise ConnectionFailed(f"{self.target}: no SFTP service: {ssh.describe(exc)}") from None
+        largest = sftp.limits.max_write_len
+        if 0 < largest < self.chunk_size:
+            self.chunk_size = largest
+        return sftp
 
     def _settle(self, future: Future[T], what: str) -> T:
         """Wait for work on the SSH loop. A failure is mapped into the error tree, and
