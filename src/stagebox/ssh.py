@@ -199,8 +199,8 @@ def coalesce_writes(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConne
     packet: about a third of the client's CPU in a bulk transfer, and on the
     endpoint (one status reply per write request) about a fifth of its loop.
     Gathering them keeps their order and adds no wait beyond the current loop
-    turn. It hooks asyncssh's internal ``_send``; if a
-    release renames it, packets simply go out one by one again.
+    turn. It hooks asyncssh's internal ``_send``; if a release renames it,
+    packets simply go out one by one again.
     """
     transport = getattr(conn, "_transport", None)
     if transport is None or not callable(getattr(conn, "_send", None)):

@@ -28,7 +28,7 @@ COMMANDS = {
     "pack": ("packages", "pack_command"),
     "push": ("packages", "push_command"),
 }
-GROUPS = {"admin": "admin", "bag": "bag", "config": "config", "ingest": "ingest"}
+GROUPS = ("admin", "bag", "config", "ingest")  # each in its own module of that name
 
 
 def build(only: str | None = None) -> typer.Typer:
@@ -45,10 +45,9 @@ def build(only: str | None = None) -> typer.Typer:
     for name, (module, attr) in COMMANDS.items():
         if only in (None, name):
             app.command(name)(getattr(importlib.import_module(f"stagebox.cli.{module}"), attr))
-    for name, module in GROUPS.items():
+    for name in GROUPS:
         if only in (None, name):
-            group = importlib.import_module(f"stagebox.cli.{module}").app
-            app.add_typer(group, name=name)
+            app.add_typer(importlib.import_module(f"stagebox.cli.{name}").app, name=name)
     return app
 
 

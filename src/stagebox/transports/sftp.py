@@ -262,14 +262,13 @@ class SftpTransport(Transport):
 def gather(parts: list[bytes], size: int) -> Iterator[bytes]:
     """The bytes of ``parts`` in order, as pieces of ``size`` (the last may be shorter):
     a bundle of small files goes out as a few full write requests, not one per file."""
-    pending: list[bytes] = []
+    pending: list[memoryview] = []
     held = 0
     for part in parts:
         view = memoryview(part)
         while view:
-            take = view[: size - held]
-            view = view[len(take) :]
-            pending.append(bytes(take) if len(take) < len(part) else part)
+            take, view = view[: size - held], view[size - held :]
+            pending.append(take)
             held += len(take)
             if held == size:
                 yield b"".join(pending)
