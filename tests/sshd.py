@@ -23,6 +23,9 @@ from stagebox.server.process import free_port, stop_group, wait_listening
 SSHD = Path("/usr/sbin/sshd")
 STAGING_USER = "stagebox-sftp"
 STAGING_GROUP = "stagebox-stage"
+# The account of an ``sshd`` box: its keys' forced command is stagebox's session
+# relay, which sshd runs through the account's shell (internal-sftp needs none).
+RELAY_USER = "stagebox-ssh"
 
 CONFIG = """\
 Port {port}
@@ -37,11 +40,12 @@ StrictModes {strict}
 UsePAM no
 UseDNS no
 PrintMotd no
+LoginGraceTime {grace}
 AuthorizedKeysFile {keys_file}
 Subsystem sftp internal-sftp
 Match User {user}
     {keys_command}
-    ForceCommand internal-sftp -u 0007
+    {force_command}
     AllowTcpForwarding no
     X11Forwarding no
     PermitTTY no
@@ -55,16 +59,18 @@ Match User root
 """
 
 
-def ensure_account() -> None:
-    """The staging account and its group, created once (the tests run as root)."""
+def ensure_account(user: str = STAGING_USER) -> None:
+    """A staging account and its group, created once (the tests run as root)."""
     if os.geteuid() != 0:
         raise RuntimeError("the sftp tests set up a staging account and must run as root")
     try:
         grp.getgrnam(STAGING_GROUP)
     except KeyError:
         subprocess.run(["groupadd", "--system", STAGING_GROUP], check=True)
+    relay = user == RELAY_USER
+    shell, home = ("/bin/sh", "/") if relay else ("/usr/sbin/nologin", "/nonexistent")
     try:
-        pwd.getpwnam(STAGING_USER)
+        pwd.getpwnam(user)
     except KeyError:
         subprocess.run(
             [
@@ -73,16 +79,16 @@ def ensure_account() -> None:
                 "--gid",
                 STAGING_GROUP,
                 "--home-dir",
-                "/nonexistent",
+                home,
                 "--no-create-home",
                 "--shell",
-                "/usr/sbin/nologin",
-                STAGING_USER,
+                shell,
+                user,
             ],
             check=True,
         )
     # A "!" password locks the account and sshd then refuses even keys.
-    subprocess.run(["usermod", "-p", "*", STAGING_USER], check=True)
+    subprocess.run(["usermod", "-p", "*", "-s", shell, "-d", home, user], check=True)
 
 
 def staging_root(path: Path) -> Path:
@@ -95,12 +101,17 @@ def staging_root(path: Path) -> Path:
 
 
 def keys_command(data_dir: Path, home: Path) -> Path:
-    """A root-owned wrapper sshd may run (it refuses commands under /tmp)."""
+    """A root-owned wrapper sshd may run (it refuses commands under /tmp).
+
+    The relay of an sshd box runs as the staging account, which cannot reach the
+    tests' interpreter (under root's home): its keys name Debian's python3.
+    """
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o755)
     script = home / "authorized-keys"
     script.write_text(
         "#!/bin/sh\n"
+        "export STAGEBOX_RELAY_PYTHON=/usr/bin/python3\n"
         f'exec {sys.executable} -m stagebox admin --data-dir {data_dir} authorized-keys "$1"\n'
     )
     os.chmod(script, 0o755)
@@ -121,6 +132,9 @@ class StagingHost:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     root_keys_file: Path | None = None
+    user: str = STAGING_USER
+    force_command: str | None = "internal-sftp -u 0007"
+    login_grace: int = 120
 
     @property
     def host_key(self) -> Path:
@@ -131,7 +145,7 @@ class StagingHost:
         return self.root / "sshd.log"
 
     def start(self, timeout: float = 20.0) -> None:
-        ensure_account()
+        ensure_account(self.user)
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.host_key.exists():
             subprocess.run(
@@ -147,8 +161,10 @@ class StagingHost:
         text = CONFIG.format(
             port=self.port,
             dir=self.root,
-            user=STAGING_USER,
+            user=self.user,
             keys_command=command,
+            force_command=f"ForceCommand {self.force_command}" if self.force_command else "",
+            grace=self.login_grace,
             keys_file=self.keys_file or "none",
             # A keys file under /tmp (or a clone there) cannot pass StrictModes' path checks.
             strict="no" if self.keys_file or self.root_keys_file else "yes",

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 APPROVED = """
 SELECT b.attributes, u.uuid, r.public_key, u.name, r.id
@@ -26,12 +28,27 @@ ORDER BY r.id
 """
 
 
-def line(sftp_root: str, uploader_uuid: str, public_key: str, name: str, request_id: int) -> str:
-    """One key: restricted, and forced to SFTP starting in the uploader's own directory."""
-    return (
-        f'restrict,command="internal-sftp -d {sftp_root}/{uploader_uuid}" {public_key} '
-        f"stagebox:{name}:{request_id}"
-    )
+def line(
+    attrs: dict[str, Any], uploader_uuid: str, public_key: str, name: str, request_id: int
+) -> str | None:
+    """One key of a box sshd serves, restricted and forced: on an ``sshd`` box to
+    stagebox's session relay (the uploader's own root, hashed on write), on an
+    ``openssh`` box to internal-sftp starting in the uploader's directory. None
+    for a box sshd does not serve."""
+    endpoint = attrs.get("sftp_endpoint", "openssh")
+    if endpoint == "sshd":
+        # The relay is standard library only: any Python 3.10+ the staging account may
+        # run will do (STAGEBOX_RELAY_PYTHON), without reading stagebox's install.
+        python = os.environ.get("STAGEBOX_RELAY_PYTHON") or sys.executable
+        relay = Path(__file__).with_name("sftpd") / "relay.py"
+        argv = (python, "-I", "-S", str(relay), "--socket", attrs["sftp_socket"], str(request_id))
+        command = " ".join(shlex.quote(part) for part in argv)
+    elif endpoint == "openssh":
+        command = f"internal-sftp -d {attrs['sftp_root']}/{uploader_uuid}"
+    else:
+        return None
+    quoted = command.replace('"', '\\"')  # sshd's only escape inside an option's quotes
+    return f'restrict,command="{quoted}" {public_key} stagebox:{name}:{request_id}'
 
 
 def _parse(argv: list[str]) -> tuple[str, str] | None:
@@ -74,7 +91,9 @@ def fast_path(argv: list[str]) -> bool:
     for attributes, uploader_uuid, public_key, name, request_id in rows:
         attrs = json.loads(attributes)
         if attrs.get("sftp_user") == user and attrs.get("sftp_root"):
-            out.append(line(attrs["sftp_root"], uploader_uuid, public_key, name, request_id) + "\n")
+            text = line(attrs, uploader_uuid, public_key, name, request_id)
+            if text is not None:
+                out.append(text + "\n")
     sys.stdout.write("".join(out))
     sys.stdout.flush()
     return True

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
         None, ge=1, le=65535, description="the built-in SFTP/SCP endpoint's port; off if unset"
     )
     sftp_host: str | None = Field(None, description="address the endpoint listens on; host's")
+    sftp_sessions: bool = Field(
+        False, description="serve the sessions sshd hands over on an sshd box's socket"
+    )
     sftp_box: str | None = Field(
         None, description="the sftp staging box the endpoint serves; the only one if unset"
     )

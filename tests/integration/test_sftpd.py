@@ -1,10 +1,15 @@
-"""The built-in SFTP/SCP endpoint (``stagebox serve --sftp-port``), as an attacker tries it.
+"""stagebox's SFTP/SCP staging, as an attacker tries it, both ways it is reached.
 
-One server for the module with its endpoint on a free port; two approved
-uploaders, A (the attacker) and B (the victim), each its own installation. Every
-attempt A makes on B's paths is its own test, and each checks the refusal and
-that B's upload still ends stored with B's bytes. OpenSSH's own ``sftp`` and
-``scp`` (legacy and SFTP-based, with MyData's ``-c aes128-ctr``) are clients too.
+``stagebox``: the built-in endpoint (``stagebox serve --sftp-port``) speaks SSH
+itself. ``sshd``: OpenSSH's sshd authenticates (keys from stagebox's
+AuthorizedKeysCommand) and each key's forced command hands the session to the
+server (``serve --sftp-sessions``) over the box's socket.
+
+One server per way; two approved uploaders, A (the attacker) and B (the
+victim), each its own installation. Every attempt A makes on B's paths is its
+own test, and each checks the refusal and that B's upload still ends stored
+with B's bytes. OpenSSH's own ``sftp`` and ``scp`` (legacy and SFTP-based,
+with MyData's ``-c aes128-ctr``) are clients too.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from tests.sftp_helpers import (
     settled,
     tree,
 )
+from tests.sshd import RELAY_USER, StagingHost, keys_command, remove, traversable_dir
 
 USER = "stagebox"
 
@@ -45,6 +51,8 @@ USER = "stagebox"
 class Endpoint(Uploaders):
     port: int
     staging: Path
+    kind: str = "stagebox"
+    user: str = USER
 
     def catalog(self, sql: str, *args: object) -> list[tuple]:
         conn = sqlite3.connect(self.server.data_dir / "catalog.db", timeout=30)
@@ -57,7 +65,7 @@ class Endpoint(Uploaders):
         return await asyncssh.connect(
             "127.0.0.1",
             self.port,
-            username=USER,
+            username=self.user,
             client_keys=[str(machine.key)],
             known_hosts=None,
             agent_path=None,
@@ -77,20 +85,28 @@ class Endpoint(Uploaders):
         ]
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
-    base = tmp_path_factory.mktemp("sftpd")
+SETTINGS = {
+    "STAGEBOX_SWEEP_INTERVAL": "1",
+    "STAGEBOX_STALE_AFTER": "2",
+    "STAGEBOX_SFTP_LOGIN_TIMEOUT": "2",
+    "STAGEBOX_SFTP_MAX_CONNECTIONS": "4",
+}
+
+
+@pytest.fixture(scope="module", params=["stagebox", "sshd"])
+def env(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Endpoint]:
+    base = tmp_path_factory.mktemp(f"sftpd-{request.param}")
+    if request.param == "stagebox":
+        yield from builtin(base)
+    else:
+        yield from behind_sshd(base)
+
+
+def builtin(base: Path) -> Iterator[Endpoint]:
     port = free_port()
-    server = StageboxServer(
-        base / "data",
-        env={
-            "STAGEBOX_SWEEP_INTERVAL": "1",
-            "STAGEBOX_STALE_AFTER": "2",
-            "STAGEBOX_SFTP_LOGIN_TIMEOUT": "2",
-            "STAGEBOX_SFTP_MAX_CONNECTIONS": "4",
-        },
-        extra_args=["--sftp-port", str(port)],
-    )
+    server = StageboxServer(base / "data", env=SETTINGS, extra_args=["--sftp-port", str(port)])
     staging = base / "staging"
     server.admin(
         "box", "add", BOX, "--role", "staging", "--path", str(staging),
@@ -102,6 +118,35 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
         yield Endpoint(base, server, port, staging)
     finally:
         server.stop()
+
+
+def behind_sshd(base: Path) -> Iterator[Endpoint]:
+    """sshd as the README's sshd-box recipe sets it up, the server serving its sessions."""
+    server = StageboxServer(base / "data", env=SETTINGS, extra_args=["--sftp-sessions"])
+    run = traversable_dir("stagebox-sessions-")  # the relay's account must reach the socket
+    host = StagingHost(
+        traversable_dir("stagebox-sshd-"),
+        command=keys_command(server.data_dir, Path("/run/stagebox-tests") / run.name),
+        user=RELAY_USER,
+        force_command=None,
+        login_grace=2,
+    )
+    staging = base / "staging"
+    server.admin(
+        "box", "add", BOX, "--role", "staging", "--path", str(staging),
+        "--sftp-host", "127.0.0.1", "--sftp-port", str(host.port), "--sftp-user", RELAY_USER,
+        "--sftp-endpoint", "sshd", "--sftp-socket", str(run / "sftp.sock"),
+    )  # fmt: skip
+    server.start()
+    try:
+        host.start()
+        yield Endpoint(base, server, host.port, staging, kind="sshd", user=RELAY_USER)
+    finally:
+        host.stop()
+        server.stop()
+        remove(host.root)
+        remove(run)
+        remove(Path("/run/stagebox-tests") / run.name)
 
 
 @dataclass
@@ -422,7 +467,7 @@ def test_a_revoked_key_and_an_unknown_key_are_refused(
 
     async def login_with(path: Path) -> None:
         conn = await asyncssh.connect(
-            "127.0.0.1", env.port, username=USER, client_keys=[str(path)],
+            "127.0.0.1", env.port, username=env.user, client_keys=[str(path)],
             known_hosts=None, agent_path=None,
         )  # fmt: skip
         conn.close()
@@ -459,23 +504,39 @@ def test_a_client_that_never_authenticates_is_cut_off(env: Endpoint) -> None:
 
 
 def test_no_shell_no_exec_no_forwarding(env: Endpoint, pair: Pair) -> None:
+    async def refused(command: str | None) -> None:
+        if env.kind == "stagebox":
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.run(command, check=False)
+        else:  # sshd runs the forced relay, which the server refuses
+            result = await conn.run(command, check=False)
+            assert result.exit_status == 1 and not result.stdout, result
+            assert "serves SFTP and SCP only" in str(result.stderr)
+
     async def attempt() -> None:
+        nonlocal conn
         async with await env.login(pair.a) as conn:
-            with pytest.raises(asyncssh.ChannelOpenError):
-                await conn.run("id", check=False)
-            with pytest.raises(asyncssh.ChannelOpenError):
-                await conn.run(check=False)  # a shell
+            await refused("id")
+            await refused(None)  # a shell
+            await refused("/bin/sh -c id")
             with pytest.raises(asyncssh.ChannelOpenError):
                 await conn.create_connection(asyncio.Protocol, "127.0.0.1", env.server.port)
 
+    conn: asyncssh.SSHClientConnection
     asyncssh_run(attempt())
 
 
 def test_connections_per_uploader_are_bounded(env: Endpoint, pair: Pair) -> None:
+    """Four at once (this module's limit), each with a session open: a fifth is refused
+    (a connection by the endpoint, a session when sshd hands sessions over)."""
+
     async def attempt() -> None:
         conns = [await env.login(pair.a) for _ in range(4)]
+        clients = [await conn.start_sftp_client() for conn in conns]
         try:
-            with pytest.raises((asyncssh.DisconnectError, asyncssh.ChannelOpenError, OSError)):
+            for sftp in clients:
+                await sftp.listdir(".")
+            with pytest.raises((asyncssh.Error, OSError)):
                 extra = await env.login(pair.a)
                 async with extra.start_sftp_client() as sftp:
                     await sftp.listdir(".")
@@ -574,16 +635,23 @@ def test_stagebox_client_uploads_through_the_endpoint(
     files = {f"ds/f{i}.txt": os.urandom(100 + i) for i in range(30)}
     files["ds/big.bin"] = os.urandom(20 << 20)
     src = tree(tmp_path / "src", files)
-    rc, report, stderr = env.upload(machine, src, "--method", "sftp")
+    rc, report, stderr = env.upload(machine, src, "--method", "sftp", *first_contact(env))
     assert rc == 0, stderr
     assert report["totals"]["verified"] == len(files), report["totals"]
-    # The host key came with the approval: checked, no --accept-new-host-key needed.
-    status = env.register(machine, "--status").stdout
-    assert "host key SHA256:" in status
+    if env.kind == "stagebox":
+        # The host key came with the approval: checked, no --accept-new-host-key needed.
+        status = env.register(machine, "--status").stdout
+        assert "host key SHA256:" in status
+
+
+def first_contact(env: Endpoint) -> list[str]:
+    """sshd's host key is not in the catalog: the first contact records it."""
+    return ["--accept-new-host-key"] if env.kind == "sshd" else []
 
 
 def test_stagebox_client_killed_mid_file_resumes(env: Endpoint, tmp_path: Path) -> None:
-    kill_mid_file_then_resume(env, env.approved("killed"), env.staging, tmp_path)
+    machine = env.approved("killed")
+    kill_mid_file_then_resume(env, machine, env.staging, tmp_path, *first_contact(env))
 
 
 # -- OpenSSH's clients, and MyData's way ------------------------------------------
@@ -615,12 +683,19 @@ def test_openssh_clients_then_complete(
     asyncssh_run(_as(env, pair.a, mkdirs))
     options = env.openssh(pair.a)
     if how[0] == "sftp":
-        argv = ["sftp", "-P", str(env.port), *options, "-b", "-", f"{USER}@127.0.0.1"]
+        argv = ["sftp", "-P", str(env.port), *options, "-b", "-", f"{env.user}@127.0.0.1"]
         proc = subprocess.run(
             argv, input=f'put "{local}" "{remote}"\n', capture_output=True, text=True, timeout=60
         )
     else:
-        argv = [*how, "-P", str(env.port), *options, str(local), f"{USER}@127.0.0.1:{directory}/"]
+        argv = [
+            *how,
+            "-P",
+            str(env.port),
+            *options,
+            str(local),
+            f"{env.user}@127.0.0.1:{directory}/",
+        ]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert staged_row(env, mine["id"])[1] == hashlib.sha256(data).hexdigest()
@@ -635,7 +710,7 @@ def test_scp_of_a_path_nobody_registered_is_refused(
 ) -> None:
     local = tmp_path / "stray.bin"
     local.write_bytes(b"stray")
-    target = f"{USER}@127.0.0.1:{home_of(env, pair.a)}/"
+    target = f"{env.user}@127.0.0.1:{home_of(env, pair.a)}/"
     argv = ["scp", "-O", "-P", str(env.port), *env.openssh(pair.a), str(local), target]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
@@ -659,6 +734,7 @@ def env_admin(env: Endpoint) -> list[str]:
     return stagebox_cmd("admin", "--data-dir", str(env.server.data_dir))
 
 
+@pytest.mark.parametrize("env", ["stagebox"], indirect=True)
 def test_sftp_serve_alone_recovers_a_whole_file_and_stops_on_sigterm(
     env: Endpoint, pair: Pair
 ) -> None:

@@ -135,7 +135,14 @@ def box_add(
     ] = None,
     sftp_endpoint: Annotated[
         str | None,
-        typer.Option(help="who serves it: stagebox (stagebox sftp-serve) or openssh (sshd)"),
+        typer.Option(
+            help="who serves it: stagebox (stagebox sftp-serve), sshd (OpenSSH's sshd "
+            "handing sessions to stagebox sftp-serve) or openssh (sshd's internal-sftp)"
+        ),
+    ] = None,
+    sftp_socket: Annotated[
+        str | None,
+        typer.Option(help="an sshd box's session socket (default /run/stagebox/NAME.sock)"),
     ] = None,
 ) -> None:
     """Add a storage box: local (--path, and --sftp-* for an sftp staging box) or
@@ -155,6 +162,7 @@ def box_add(
             sftp_user=sftp_user,
             sftp_root=sftp_root,
             sftp_endpoint=sftp_endpoint,
+            sftp_socket=sftp_socket,
             bucket=bucket,
             prefix=prefix,
             endpoint_url=endpoint_url,
@@ -170,7 +178,9 @@ def _staging_warnings(box: dict[str, Any]) -> list[str]:
     """What the staging-host recipe asks of an sftp staging root, checked here."""
     import stat
 
-    if not box.get("sftp_host") or box.get("sftp_endpoint") == "stagebox":
+    from stagebox.server.services.boxes import SERVED
+
+    if not box.get("sftp_host") or box.get("sftp_endpoint") in SERVED:
         return []
     st = Path(box["path"]).stat()
     warnings = []

@@ -37,6 +37,12 @@ def serve(
         int | None,
         typer.Option(help="also run the built-in SFTP/SCP endpoint on this port"),
     ] = None,
+    sftp_sessions: Annotated[
+        bool | None,
+        typer.Option(
+            "--sftp-sessions", help="also serve the sessions sshd hands over (an sshd box)"
+        ),
+    ] = None,
     init: Init = False,
 ) -> None:
     """Run the server: API, tus uploads, verification and promotion.
@@ -58,11 +64,11 @@ def serve(
         ssl_keyfile=ssl_keyfile,
         md5=md5,
         sftp_port=sftp_port,
+        sftp_sessions=sftp_sessions,
     )
     if settings.ssl_certfile:
         _check_tls(settings.ssl_certfile, settings.ssl_keyfile)
-    if settings.sftp_port is not None:
-        _check_sftp_box(settings)
+    _check_sftp_box(settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
@@ -88,16 +94,23 @@ def _check_tls(certfile: Path, keyfile: Path | None) -> None:
 
 
 def _check_sftp_box(settings: Settings) -> None:
-    """The box ``--sftp-port`` would serve exists: a missing one is one line now, not
-    a failed start-up inside the server."""
+    """The box ``--sftp-port`` or ``--sftp-sessions`` would serve exists: a missing
+    one is one line now, not a failed start-up inside the server."""
     from stagebox.server.db.session import Catalog
+    from stagebox.server.runtime import sftp_kinds
     from stagebox.sftpd.catalog import sftp_box
 
+    kinds = sftp_kinds(settings)
+    if not kinds:
+        return
     catalog = Catalog(settings.catalog_url)
     try:
         catalog.migrate()
-        sftp_box(catalog, settings.sftp_box)
-    except LookupError as exc:
-        raise ConfigError(f"--sftp-port: {exc.args[0]}") from None
+        for kind in kinds:
+            flag = "--sftp-port" if kind == "stagebox" else "--sftp-sessions"
+            try:
+                sftp_box(catalog, settings.sftp_box, (kind,))
+            except LookupError as exc:
+                raise ConfigError(f"{flag}: {exc.args[0]}") from None
     finally:
         catalog.dispose()

@@ -81,7 +81,7 @@ def plan(
         host_key=sftp.get("host_key"),
     )
     # stagebox's own endpoint sets modes itself and refuses chmod; OpenSSH's needs them.
-    modes = sftp.get("endpoint", "openssh") != "stagebox"
+    modes = sftp.get("endpoint", "openssh") == "openssh"
     # Once, before any thread connects: a first contact is recorded once.
     ssh.run(ssh.trusted_keys(target, options))
     # The first thread's connection is made while the tree is scanned and registered.

@@ -32,6 +32,13 @@ def build_context(settings: Settings) -> ServerContext:
     return ctx
 
 
+def sftp_kinds(settings: Settings) -> list[str]:
+    """The endpoints ``serve`` runs beside the API: its own SSH listener
+    (``--sftp-port``), the sessions sshd hands over (``--sftp-sessions``)."""
+    on = (("stagebox", settings.sftp_port is not None), ("sshd", settings.sftp_sessions))
+    return [kind for kind, wanted in on if wanted]
+
+
 class Runtime:
     """A context plus its background sweep; ``start`` resubmits stuck work at once."""
 
@@ -39,24 +46,25 @@ class Runtime:
         self.ctx = build_context(settings)
         self._sweeper = Sweeper(partial(verify.sweep, self.ctx), settings.sweep_interval)
         self._auditor = audit.Auditor(self.ctx)
-        self._sftp: InThread | None = None
+        self._sftp: list[InThread] = []
 
     def start(self) -> None:
         counts = verify.sweep(self.ctx)
         if any(counts.values()):
             log.info("start-up sweep resubmitted %s", counts)
         settings = self.ctx.settings
-        if settings.sftp_port is not None:
+        for kind in sftp_kinds(settings):
             from stagebox.sftpd.endpoint import InThread
 
-            self._sftp = InThread(self.ctx)
-            self._sftp.start(settings.sftp_host or settings.host, settings.sftp_port)
+            endpoint = InThread(self.ctx, (kind,))
+            self._sftp.append(endpoint)
+            endpoint.start(settings.sftp_host or settings.host, settings.sftp_port or 0)
         self._sweeper.start()
         self._auditor.start()
 
     def stop(self) -> None:
-        if self._sftp is not None:
-            self._sftp.stop()
+        for endpoint in self._sftp:
+            endpoint.stop()
         self._sweeper.stop()
         self._auditor.stop()
         self.ctx.runner.shutdown()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 
 from stagebox.errors import Conflict
 from stagebox.server.db.models import (
@@ -24,7 +24,7 @@ from stagebox.server.db.models import (
     Uploader,
 )
 from stagebox.server.db.session import Catalog
-from stagebox.server.services.boxes import hashes_on_write
+from stagebox.server.services.boxes import SERVED
 from stagebox.server.services.context import ServerContext
 from stagebox.server.services.states import transition
 
@@ -52,9 +52,11 @@ class Upload:
     size: int
 
 
-def sftp_box(catalog: Catalog, name: str | None) -> StorageBox:
-    """The staging box to serve: the one named, or the only one added with
-    ``--sftp-endpoint stagebox`` (boxes sshd serves are never this endpoint's)."""
+def sftp_box(catalog: Catalog, name: str | None, kinds: tuple[str, ...] = SERVED) -> StorageBox:
+    """The staging box to serve: the one named, or the only one whose
+    ``sftp_endpoint`` is one of ``kinds`` (``stagebox``: this endpoint listens for
+    SSH itself; ``sshd``: OpenSSH's sshd hands it sessions). Boxes left to
+    internal-sftp (``openssh``) are never this endpoint's."""
     with catalog.session() as session:
         boxes = [
             box
@@ -67,16 +69,14 @@ def sftp_box(catalog: Catalog, name: str | None) -> StorageBox:
                 raise LookupError(
                     f"no sftp staging box named {name!r} (stagebox admin box list shows them)"
                 )
-            if not hashes_on_write(boxes[0].attributes):
-                raise LookupError(
-                    f"box {name} is served by OpenSSH's sshd (sftp_endpoint openssh), "
-                    "not by this endpoint"
-                )
-        boxes = [box for box in boxes if hashes_on_write(box.attributes)]
+            kind = boxes[0].attributes.get("sftp_endpoint", "openssh")
+            if kind not in kinds:
+                raise LookupError(f"box {name} has sftp_endpoint {kind}, not {' or '.join(kinds)}")
+        boxes = [box for box in boxes if box.attributes.get("sftp_endpoint") in kinds]
         if not boxes:
             raise LookupError(
                 "no sftp staging box yet: add one with stagebox admin box add NAME "
-                "--role staging --path DIR --sftp-endpoint stagebox --sftp-host HOST "
+                f"--role staging --path DIR --sftp-endpoint {kinds[0]} --sftp-host HOST "
                 "--sftp-port PORT --sftp-user USER"
             )
         if len(boxes) > 1:
@@ -91,12 +91,21 @@ def sftp_box(catalog: Catalog, name: str | None) -> StorageBox:
 
 def login(ctx: ServerContext, box_id: int, fingerprint: str) -> Login | None:
     """The uploader whose approved request on this box has this key, if any."""
+    return _login(ctx, box_id, RegistrationRequest.fingerprint == fingerprint)
+
+
+def login_by_request(ctx: ServerContext, box_id: int, request_id: int) -> Login | None:
+    """The uploader of this request, if it is approved on this box (sshd checked its key)."""
+    return _login(ctx, box_id, RegistrationRequest.id == request_id)
+
+
+def _login(ctx: ServerContext, box_id: int, which: ColumnElement[bool]) -> Login | None:
     with ctx.catalog.session() as session:
         row = session.execute(
             select(Uploader.id, Uploader.uuid, Uploader.name, RegistrationRequest.id)
             .join(Uploader, Uploader.id == RegistrationRequest.uploader_id)
             .where(
-                RegistrationRequest.fingerprint == fingerprint,
+                which,
                 RegistrationRequest.state == RequestState.approved.value,
                 RegistrationRequest.box_id == box_id,
                 Uploader.revoked_at.is_(None),

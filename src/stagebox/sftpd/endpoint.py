@@ -20,8 +20,10 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 from sqlalchemy import select
@@ -32,11 +34,12 @@ from stagebox.config import Settings
 from stagebox.errors import ConfigError, StageboxError
 from stagebox.server.db.models import StorageBox
 from stagebox.server.db.session import Catalog
-from stagebox.server.services.boxes import hashes_on_write
+from stagebox.server.services.boxes import SERVED
 from stagebox.server.services.context import ServerContext
 from stagebox.sftpd import catalog
 from stagebox.sftpd.catalog import Login
 from stagebox.sftpd.fs import Files, Limits, UploaderSFTP, hash_rest
+from stagebox.sftpd.sessions import Session, SessionSocket
 from stagebox.storage import LocalBackend
 
 log = logging.getLogger(__name__)
@@ -91,7 +94,7 @@ class Sessions:
     max_per_uploader: int
     idle_timeout: float
     by_uploader: Counter[int] = field(default_factory=Counter)
-    live: set[Auth] = field(default_factory=set)
+    live: set[Auth | Session] = field(default_factory=set)
 
 
 class Auth(asyncssh.SSHServer):
@@ -106,6 +109,11 @@ class Auth(asyncssh.SSHServer):
 
     def touch(self) -> None:
         self.last = time.monotonic()
+
+    def close_idle(self, why: str) -> None:
+        if self.conn is not None:
+            log.info("sftp %s: closing a connection (%s)", self.who.name if self.who else "?", why)
+            self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, why)
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -179,48 +187,72 @@ class Auth(asyncssh.SSHServer):
 
 
 class Endpoint:
-    """Serves one sftp staging box of the catalog."""
+    """Serves one sftp staging box of the catalog: over SSH itself (a ``stagebox``
+    box) or for the sessions sshd hands over on the box's socket (an ``sshd`` box)."""
 
-    def __init__(self, ctx: ServerContext, box_name: str | None = None) -> None:
+    def __init__(
+        self, ctx: ServerContext, box_name: str | None = None, kinds: tuple[str, ...] = SERVED
+    ) -> None:
         settings = ctx.settings
         self.ctx = ctx
-        box = catalog.sftp_box(ctx.catalog, box_name or settings.sftp_box)
+        box = catalog.sftp_box(ctx.catalog, box_name or settings.sftp_box, kinds)
         self.box_id = box.id
         self.box_name = box.name
+        self.kind = box.attributes["sftp_endpoint"]
         self.username = box.attributes["sftp_user"]
         self.sftp_root = box.attributes["sftp_root"]
         self.backend = LocalBackend(box.name, box.attributes["path"], durable=settings.durable)
         self.files = Files(settings.algorithms, Limits(open_files=settings.sftp_max_open_files))
         self.sessions = Sessions(settings.sftp_max_connections, settings.sftp_idle_timeout)
-        self.host_key = load_host_key(settings, create=True)
+        self.socket: SessionSocket | None = None
+        self.host_key: asyncssh.SSHKey | None = None
+        if self.kind == "sshd":
+            self.socket = SessionSocket(self, Path(box.attributes["sftp_socket"]), self.username)
+        else:
+            self.host_key = load_host_key(settings, create=True)
         self._server: asyncssh.SSHAcceptor | None = None
         self._watch: asyncio.Task[None] | None = None
 
     @property
     def fingerprint(self) -> str:
+        assert self.host_key is not None
         return self.host_key.get_fingerprint("sha256")
 
     def _sftp(self, chan: asyncssh.SSHServerChannel[bytes]) -> UploaderSFTP:
         owner = chan.get_connection().get_owner()
         assert isinstance(owner, Auth) and owner.who is not None
+        return self.sftp_server(chan, owner.who, owner.touch)
+
+    def sftp_server(self, chan: Any, who: Login, touch: Callable[[], None]) -> UploaderSFTP:
+        """The confined server of one session of ``who``."""
         # Approval makes the uploader's root; a box added or moved since may lack it.
-        (self.backend.root / owner.who.uuid).mkdir(mode=0o750, exist_ok=True)
+        (self.backend.root / who.uuid).mkdir(mode=0o750, exist_ok=True)
         return UploaderSFTP(
             chan,
-            who=owner.who,
+            who=who,
             sftp_root=self.sftp_root,
             box=self.backend,
             box_id=self.box_id,
             files=self.files,
             ctx=self.ctx,
-            touch=owner.touch,
+            touch=touch,
         )
 
     async def start(self, host: str, port: int) -> int:
-        """Listen; returns the port (useful with 0)."""
+        """Listen; returns the port (useful with 0), or 0 on an ``sshd`` box's socket."""
         settings = self.ctx.settings
-        await asyncio.to_thread(record_host_key, self.ctx.catalog, self.fingerprint)
         await asyncio.to_thread(self.recover)
+        self._watch = asyncio.create_task(self._close_idle())
+        if self.socket is not None:
+            await self.socket.start()
+            log.info(
+                "sftp sessions for box %s on %s (from sshd's forced command)",
+                self.box_name,
+                self.socket.path,
+            )
+            return 0
+        await asyncio.to_thread(record_host_key, self.ctx.catalog, self.fingerprint)
+        assert self.host_key is not None
         self._server = await asyncssh.listen(
             host,
             port,
@@ -238,7 +270,6 @@ class Endpoint:
             max_pktsize=MAX_PKTSIZE,
             reuse_address=True,
         )
-        self._watch = asyncio.create_task(self._close_idle())
         bound = self._server.sockets[0].getsockname()[1]
         log.info(
             "sftp endpoint for box %s on %s:%d (host key %s)",
@@ -274,11 +305,9 @@ class Endpoint:
         while True:
             await asyncio.sleep(min(5.0, sessions.idle_timeout / 2))
             now = time.monotonic()
-            for auth in list(sessions.live):
-                if now - auth.last > sessions.idle_timeout and auth.conn is not None:
-                    who = auth.who.name if auth.who else "?"
-                    log.info("sftp %s: closing a session idle for %.0f s", who, now - auth.last)
-                    auth.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "idle for too long")
+            for live in list(sessions.live):
+                if now - live.last > sessions.idle_timeout:
+                    live.close_idle(f"idle for {now - live.last:.0f} s")
 
     async def stop(self) -> None:
         if self._watch is not None:
@@ -286,13 +315,15 @@ class Endpoint:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        if self.socket is not None:
+            await self.socket.stop()
 
 
 class InThread:
     """The endpoint on an event loop of its own, beside a server in the same process."""
 
-    def __init__(self, ctx: ServerContext) -> None:
-        self.endpoint = Endpoint(ctx)
+    def __init__(self, ctx: ServerContext, kinds: tuple[str, ...] = SERVED) -> None:
+        self.endpoint = Endpoint(ctx, kinds=kinds)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="stagebox-sftpd", daemon=True
@@ -328,5 +359,6 @@ def record_host_key(catalog: Catalog, fingerprint: str) -> None:
     with catalog.session() as session:
         for box in session.scalars(select(StorageBox)):
             attrs = box.attributes
-            if hashes_on_write(attrs) and attrs.get("sftp_host_key") != fingerprint:
+            ours = attrs.get("sftp_endpoint") == "stagebox"
+            if ours and attrs.get("sftp_host_key") != fingerprint:
                 box.attributes = {**attrs, "sftp_host_key": fingerprint}

@@ -25,7 +25,13 @@ _REGION = re.compile(r"^[a-z0-9-]{2,32}$")
 MAX_PATH = 4095
 MAX_NAME = 255
 # Who serves an sftp box: OpenSSH's sshd (the staging-host recipe) or `stagebox sftp-serve`.
-ENDPOINTS = ("openssh", "stagebox")
+ENDPOINTS = ("openssh", "sshd", "stagebox")
+# Endpoints where stagebox serves the files (and hashes them as they arrive):
+# ``stagebox`` speaks SSH itself, ``sshd`` has OpenSSH's sshd hand it each session.
+SERVED = ("stagebox", "sshd")
+# Where an ``sshd`` box's session socket is unless --sftp-socket says (systemd's
+# RuntimeDirectory=stagebox makes it, owned by the service's account).
+SOCKET_DIR = "/run/stagebox"
 
 
 def _absolute(value: str, field: str) -> str:
@@ -56,6 +62,7 @@ def add_box(
     sftp_user: str | None = None,
     sftp_root: str | None = None,
     sftp_endpoint: str | None = None,
+    sftp_socket: str | None = None,
     bucket: str | None = None,
     prefix: str | None = None,
     endpoint_url: str | None = None,
@@ -70,6 +77,7 @@ def add_box(
         "sftp_port": sftp_port,
         "sftp_user": sftp_user,
         "sftp_endpoint": sftp_endpoint,
+        "sftp_socket": sftp_socket,
     }
     if backend == "s3":
         if path is not None:
@@ -106,6 +114,12 @@ def add_box(
             sftp_root=_absolute(sftp_root or attributes["path"], "sftp_root"),
             sftp_endpoint=endpoint,
         )
+        if endpoint == "sshd":
+            attributes["sftp_socket"] = _absolute(
+                sftp_socket or f"{SOCKET_DIR}/{name}.sock", "sftp_socket"
+            )
+        elif sftp_socket is not None:
+            raise InvalidInput("sftp_socket", "is for --sftp-endpoint sshd", sftp_socket)
     try:
         Path(attributes["path"]).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -163,7 +177,7 @@ def is_sftp(box: StorageBox) -> bool:
 def hashes_on_write(attributes: dict[str, Any]) -> bool:
     """Served by stagebox's own endpoint: it records a file staged, with its digests,
     once the file is whole; nobody else may decide that by looking at the disk."""
-    return attributes.get("sftp_endpoint") == "stagebox"
+    return attributes.get("sftp_endpoint") in SERVED
 
 
 def public(box: StorageBox) -> dict[str, Any]:

@@ -201,15 +201,15 @@ def authorized_keys(
             continue
         if user is not None and target.attributes.get("sftp_user") != user:
             continue
-        lines.append(
-            line(
-                target.attributes["sftp_root"],
-                request.uploader.uuid,
-                request.public_key,
-                request.uploader.name,
-                request.id,
-            )
+        text = line(
+            target.attributes,
+            request.uploader.uuid,
+            request.public_key,
+            request.uploader.name,
+            request.id,
         )
+        if text is not None:
+            lines.append(text)
     return lines
 
 
