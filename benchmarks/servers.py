@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from tests.sshd import STAGING_USER, StagingHost, keys_command, staging_root
+from tests.sshd import RELAY_USER, StagingHost, keys_command
 
 from benchmarks.measure import CpuGroup
 from stagebox.server.process import ServerProcess, free_port, stagebox_cmd, wait_listening
@@ -164,10 +164,11 @@ class Sshd:
 
 @dataclass
 class StagingSshd(Sshd):
-    """The sftp cases' sshd: ``tests/sshd.py``'s staging host (the staging account gets
-    ``ForceCommand internal-sftp -u 0007`` and its keys from stagebox's
-    AuthorizedKeysCommand ``command``), and root logs in with a generated key, so the
-    peers (scp, sftp, rsync, rclone) and stagebox talk to the same sshd."""
+    """The sftp cases' sshd: ``tests/sshd.py``'s staging host for an sshd box (the
+    staging account's keys come from stagebox's AuthorizedKeysCommand ``command``, each
+    forcing the relay to the server's session socket), and root logs in with a
+    generated key, so the peers (scp, sftp, rsync, rclone) and stagebox talk to the
+    same sshd."""
 
     command: Path | None = None
     user: str = "root"
@@ -188,6 +189,8 @@ class StagingSshd(Sshd):
             command=self.command,
             port=self.port,
             root_keys_file=self.root / "authorized_keys",
+            user=RELAY_USER,
+            force_command=None,
         )
         self.cpu_group = CpuGroup.create("stagebox-bench-sshd")
         self.host.start(timeout)
@@ -352,11 +355,13 @@ class ApprovedStage:
 
 @dataclass
 class SftpStage(ApprovedStage):
-    """The OpenSSH staging host: a staging sshd whose staging account takes its keys from
-    stagebox's AuthorizedKeysCommand, serving the box; after the approval one small upload
-    with ``--accept-new-host-key`` (the first contact records the host key in the client's
-    known_hosts; the timed runs pass no flag). Everything lives under ``root``, which the
-    staging account must be able to traverse.
+    """An sshd box: a staging sshd whose staging account takes its keys from stagebox's
+    AuthorizedKeysCommand (each forcing the relay), every ``stagebox serve`` of the
+    stage with ``--sftp-sessions`` serving what the relays hand over; after the approval
+    one small upload with ``--accept-new-host-key`` (the first contact records the host
+    key in the client's known_hosts; the timed runs pass no flag). Everything lives
+    under ``root``, which the staging account must be able to traverse (to reach the
+    socket).
     """
 
     sshd: StagingSshd = field(init=False)
@@ -366,12 +371,19 @@ class SftpStage(ApprovedStage):
     def keys_home(self) -> Path:
         return KEYS_COMMANDS / f"{self.root.name}-{os.getpid()}"
 
+    @property
+    def socket(self) -> Path:
+        return self.root / "run" / "sftp.sock"
+
+    def _server(self) -> StageboxServer:
+        return StageboxServer(self.data, extra_args=["--sftp-sessions"])
+
     def start(self) -> None:
         self._make_root()
         for parent in [self.root, *self.root.parents]:
             if parent.stat().st_mode & 0o001 == 0:
                 raise RuntimeError(f"{parent} is not traversable by the staging account")
-        staging_root(self.staging)
+        self.staging.mkdir()
         KEYS_COMMANDS.mkdir(mode=0o755, exist_ok=True)
         shutil.rmtree(self.keys_home, ignore_errors=True)
         command = keys_command(self.data, self.keys_home)
@@ -382,7 +394,8 @@ class SftpStage(ApprovedStage):
         self.admin(
             "box", "add", BOX, "--role", "staging", "--path", str(self.staging),
             "--sftp-host", "127.0.0.1", "--sftp-port", str(self.sshd.port),
-            "--sftp-user", STAGING_USER,
+            "--sftp-user", RELAY_USER, "--sftp-endpoint", "sshd",
+            "--sftp-socket", str(self.socket),
         )  # fmt: skip
         self._approve()
         first = self.root / "first-contact"
@@ -415,7 +428,7 @@ class SftpStage(ApprovedStage):
             text = self.sshd.log_path.read_text(errors="replace")
         except OSError:
             return 0
-        return text.count(f"Accepted publickey for {STAGING_USER} ")
+        return text.count(f"Accepted publickey for {RELAY_USER} ")
 
     def stop(self) -> None:
         """Stop sshd, drop the wrapper, and free the disk (the logs stay beside)."""

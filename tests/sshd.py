@@ -9,6 +9,7 @@ wrote. The tests run as root, so the account is created when missing.
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import os
 import pwd
@@ -60,9 +61,16 @@ Match User root
 
 
 def ensure_account(user: str = STAGING_USER) -> None:
-    """A staging account and its group, created once (the tests run as root)."""
+    """A staging account and its group, created once (the tests run as root), one
+    test process at a time (the suite runs in several)."""
     if os.geteuid() != 0:
         raise RuntimeError("the sftp tests set up a staging account and must run as root")
+    with open("/run/stagebox-tests-accounts.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _ensure_account(user)
+
+
+def _ensure_account(user: str) -> None:
     try:
         grp.getgrnam(STAGING_GROUP)
     except KeyError:

@@ -174,6 +174,13 @@ def box_add(
     typer.echo(f"added box {public['name']}", err=True)
 
 
+SHARED_ACCOUNT = (
+    "box {name}: sftp_endpoint openssh (internal-sftp, one shared staging account) lets every "
+    "approved uploader read and overwrite the others' staged files; prefer --sftp-endpoint "
+    "sshd (README: Behind OpenSSH's sshd)"
+)
+
+
 def _staging_warnings(box: dict[str, Any]) -> list[str]:
     """What the staging-host recipe asks of an sftp staging root, checked here."""
     import stat
@@ -183,7 +190,7 @@ def _staging_warnings(box: dict[str, Any]) -> list[str]:
     if not box.get("sftp_host") or box.get("sftp_endpoint") in SERVED:
         return []
     st = Path(box["path"]).stat()
-    warnings = []
+    warnings = [SHARED_ACCOUNT.format(name=box["name"])]
     if not st.st_mode & stat.S_ISGID:
         warnings.append(
             f"{box['path']} is not setgid (chmod 2770): uploads may not share its group"

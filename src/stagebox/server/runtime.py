@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from stagebox.config import Settings
 from stagebox.server.db.session import Catalog
-from stagebox.server.services import audit, verify
+from stagebox.server.services import audit, boxes, verify
 from stagebox.server.services.context import ServerContext
 from stagebox.tasks import Sweeper, ThreadTaskRunner
 
@@ -52,6 +52,7 @@ class Runtime:
         counts = verify.sweep(self.ctx)
         if any(counts.values()):
             log.info("start-up sweep resubmitted %s", counts)
+        self._warn_shared_accounts()
         settings = self.ctx.settings
         for kind in sftp_kinds(settings):
             from stagebox.sftpd.endpoint import InThread
@@ -61,6 +62,17 @@ class Runtime:
             endpoint.start(settings.sftp_host or settings.host, settings.sftp_port or 0)
         self._sweeper.start()
         self._auditor.start()
+
+    def _warn_shared_accounts(self) -> None:
+        with self.ctx.catalog.session() as session:
+            for box in boxes.list_boxes(session):
+                if boxes.is_sftp(box) and box.attributes.get("sftp_endpoint") == "openssh":
+                    log.warning(
+                        "box %s: served by internal-sftp with one shared staging account: "
+                        "every approved uploader can read and overwrite the others' staged "
+                        "files (README: Moving from the OpenSSH staging host)",
+                        box.name,
+                    )
 
     def stop(self) -> None:
         for endpoint in self._sftp:
