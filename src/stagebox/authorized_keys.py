@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stagebox.errors import ConfigError
+
 APPROVED = """
 SELECT b.attributes, u.uuid, r.public_key, u.name, r.id
 FROM registration_requests r
@@ -40,6 +42,8 @@ def line(
         # The relay is standard library only: any Python 3.10+ the staging account may
         # run will do (STAGEBOX_RELAY_PYTHON), without reading stagebox's install.
         python = os.environ.get("STAGEBOX_RELAY_PYTHON") or sys.executable
+        if any(c in python for c in "\r\n\0"):
+            raise ConfigError("STAGEBOX_RELAY_PYTHON: a path cannot hold a line break or a NUL")
         relay = Path(__file__).with_name("sftpd") / "relay.py"
         argv = (python, "-I", "-S", str(relay), "--socket", attrs["sftp_socket"], str(request_id))
         command = " ".join(shlex.quote(part) for part in argv)
@@ -91,7 +95,10 @@ def fast_path(argv: list[str]) -> bool:
     for attributes, uploader_uuid, public_key, name, request_id in rows:
         attrs = json.loads(attributes)
         if attrs.get("sftp_user") == user and attrs.get("sftp_root"):
-            text = line(attrs, uploader_uuid, public_key, name, request_id)
+            try:
+                text = line(attrs, uploader_uuid, public_key, name, request_id)
+            except ConfigError:
+                return False  # the full command says what is wrong, in one line
             if text is not None:
                 out.append(text + "\n")
     sys.stdout.write("".join(out))

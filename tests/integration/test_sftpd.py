@@ -15,11 +15,13 @@ with MyData's ``-c aes128-ctr``) are clients too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import socket
 import sqlite3
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -41,6 +43,7 @@ from tests.sftp_helpers import (
     register_sftp,
     settled,
     tree,
+    wait_for,
 )
 from tests.sshd import RELAY_USER, StagingHost, keys_command, remove, traversable_dir
 
@@ -104,9 +107,9 @@ def env(
         yield from behind_sshd(base)
 
 
-def builtin(base: Path) -> Iterator[Endpoint]:
+def builtin(base: Path, settings: dict[str, str] = SETTINGS) -> Iterator[Endpoint]:
     port = free_port()
-    server = StageboxServer(base / "data", env=SETTINGS, extra_args=["--sftp-port", str(port)])
+    server = StageboxServer(base / "data", env=settings, extra_args=["--sftp-port", str(port)])
     staging = base / "staging"
     server.admin(
         "box", "add", BOX, "--role", "staging", "--path", str(staging),
@@ -120,9 +123,9 @@ def builtin(base: Path) -> Iterator[Endpoint]:
         server.stop()
 
 
-def behind_sshd(base: Path) -> Iterator[Endpoint]:
+def behind_sshd(base: Path, settings: dict[str, str] = SETTINGS) -> Iterator[Endpoint]:
     """sshd as the README's sshd-box recipe sets it up, the server serving its sessions."""
-    server = StageboxServer(base / "data", env=SETTINGS, extra_args=["--sftp-sessions"])
+    server = StageboxServer(base / "data", env=settings, extra_args=["--sftp-sessions"])
     run = traversable_dir("stagebox-sessions-")  # the relay's account must reach the socket
     host = StagingHost(
         traversable_dir("stagebox-sshd-"),
@@ -503,27 +506,49 @@ def test_a_client_that_never_authenticates_is_cut_off(env: Endpoint) -> None:
     assert time.monotonic() - started < 15  # login timeout 2 s in this module
 
 
+def session_fds(env: Endpoint) -> int:
+    """The server's pipes, sockets and staged files: what a session holds."""
+    assert env.server.proc is not None
+    fds = Path(f"/proc/{env.server.proc.pid}/fd")
+    held = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            held += target.startswith(("pipe:", "socket:", str(env.staging)))
+    return held
+
+
+def server_rss(env: Endpoint) -> int:
+    assert env.server.proc is not None
+    with open(f"/proc/{env.server.proc.pid}/status") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("VmRSS:"))
+
+
 def test_no_shell_no_exec_no_forwarding(env: Endpoint, pair: Pair) -> None:
+    """Each is told no in one line (sshd runs the forced relay, which the server
+    refuses; the built-in endpoint refuses it itself), and a refusal leaves nothing
+    of the session open in the server."""
+
     async def refused(command: str | None) -> None:
-        if env.kind == "stagebox":
-            with pytest.raises(asyncssh.ChannelOpenError):
-                await conn.run(command, check=False)
-        else:  # sshd runs the forced relay, which the server refuses
-            result = await conn.run(command, check=False)
-            assert result.exit_status == 1 and not result.stdout, result
-            assert "serves SFTP and SCP only" in str(result.stderr)
+        result = await conn.run(command, check=False, encoding=None)
+        assert result.exit_status == 1 and not result.stdout, result
+        assert result.stderr == b"stagebox: this account serves SFTP and SCP only\n", result
 
     async def attempt() -> None:
         nonlocal conn
         async with await env.login(pair.a) as conn:
-            await refused("id")
-            await refused(None)  # a shell
-            await refused("/bin/sh -c id")
+            for command in ("id", None, "/bin/sh -c id", " ", "\t", "scpx -t /"):
+                await refused(command)  # None: a shell
             with pytest.raises(asyncssh.ChannelOpenError):
                 await conn.create_connection(asyncio.Protocol, "127.0.0.1", env.server.port)
 
     conn: asyncssh.SSHClientConnection
-    asyncssh_run(attempt())
+    before = session_fds(env)
+    for _ in range(3):
+        asyncssh_run(attempt())
+    wait_for(
+        lambda: session_fds(env) <= before, timeout=10, what="the sessions' descriptors closed"
+    )
 
 
 def test_connections_per_uploader_are_bounded(env: Endpoint, pair: Pair) -> None:
@@ -545,6 +570,97 @@ def test_connections_per_uploader_are_bounded(env: Endpoint, pair: Pair) -> None
                 conn.close()
 
     asyncssh_run(attempt())
+
+
+def sftp_packet(kind: int, request: int | None, *fields: bytes) -> bytes:
+    body = bytes([kind]) + (b"" if request is None else struct.pack(">I", request))
+    body += b"".join(fields)
+    return struct.pack(">I", len(body)) + body
+
+
+def sftp_string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+async def sftp_reply(stdout: asyncssh.SSHReader) -> bytes:
+    (length,) = struct.unpack(">I", await stdout.readexactly(4))
+    return await stdout.readexactly(length)
+
+
+def test_a_client_that_never_reads_its_replies_is_not_served_further(
+    env: Endpoint, pair: Pair
+) -> None:
+    """A writes 256 KiB to its bundle file, then asks for 2000 reads of 1 MiB and reads
+    none of the replies (500 MiB of them): the server stops reading A instead of
+    buffering them. A hangs up: nothing of its session is left in the server."""
+    fds_before, rss_before = session_fds(env), server_rss(env)
+    peak = 0
+
+    async def flood() -> None:
+        nonlocal peak
+        async with await env.login(pair.a) as conn:
+            proc = await conn.create_process(subsystem="sftp", encoding=None)
+            out, into = proc.stdout, proc.stdin
+            into.write(sftp_packet(1, None, struct.pack(">I", 3)))  # INIT
+            assert (await sftp_reply(out))[0] == 2  # VERSION
+            into.write(sftp_packet(14, 1, sftp_string(b".bundles"), struct.pack(">I", 0)))
+            await sftp_reply(out)  # made, or there already
+            name = b".bundles/%s.bundle" % os.urandom(16).hex().encode()
+            flags = struct.pack(">II", 0x1A, 0)  # WRITE | CREAT | TRUNC, no attributes
+            into.write(sftp_packet(3, 2, sftp_string(name), flags))
+            opened = await sftp_reply(out)
+            assert opened[0] == 102, opened  # HANDLE
+            handle = sftp_string(opened[9:])
+            data = sftp_string(os.urandom(256 << 10))
+            into.write(sftp_packet(6, 3, handle, struct.pack(">Q", 0), data))
+            assert (await sftp_reply(out))[0] == 101  # STATUS
+            for i in range(2000):
+                into.write(sftp_packet(5, 100 + i, handle, struct.pack(">QI", 0, 1 << 20)))
+            for _ in range(40):
+                await asyncio.sleep(0.1)
+                peak = max(peak, server_rss(env) - rss_before)
+
+    asyncssh_run(flood())  # and A hangs up, its replies still unread
+    assert peak < 64 << 20, f"the server grew by {peak >> 20} MiB"
+    wait_for(lambda: session_fds(env) <= fds_before, timeout=15, what="A's session closed")
+    b_finishes(env, pair)
+
+
+@pytest.mark.parametrize("kind", ["stagebox", "sshd"])
+def test_a_session_closed_as_idle_closes_its_files_first(kind: str, tmp_path: Path) -> None:
+    """A writes the whole of a file under its final name (as scp does), keeps it open
+    and goes quiet: the session closed for idleness closes the file as A's close
+    would have, so it is staged and ends stored."""
+    settings = {**SETTINGS, "STAGEBOX_SFTP_IDLE_TIMEOUT": "2"}
+    endpoints = (
+        builtin(tmp_path, settings) if kind == "stagebox" else behind_sshd(tmp_path, settings)
+    )
+    env = next(endpoints)
+    try:
+        a = env.approved("quiet")
+        data = os.urandom(200_000)
+        with env.api(a) as api:
+            answer = register_sftp(api, "d", "quiet.bin", len(data))
+
+        async def write_and_wait() -> None:
+            async with await env.login(a) as conn, conn.start_sftp_client() as sftp:
+                parts = answer["sftp_path"].split("/")
+                for i in range(len(parts) - 3, len(parts)):
+                    directory = "/".join(parts[:i])
+                    if directory and not await sftp.exists(directory):
+                        await sftp.mkdir(directory)
+                f = await sftp.open(answer["sftp_path"], "wb")
+                await f.write(data, 0)
+                await asyncio.wait_for(sftp.wait_closed(), 20)  # by the server, f still open
+
+        asyncssh_run(write_and_wait())
+        wait_for(lambda: staged_row(env, answer["id"])[1], timeout=10, what="the file staged")
+        with env.api(a) as api:
+            assert complete(api, answer["id"], data).status_code == 200
+            assert settled(api, answer["id"])["state"] == "stored"
+            assert api.get(f"/api/v1/datafiles/{answer['id']}/content").content == data
+    finally:
+        endpoints.close()
 
 
 # -- hashing on write -------------------------------------------------------------

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from stagebox.authorized_keys import line
+from stagebox.errors import ConfigError
 from stagebox.sftpd import relay
-from stagebox.sftpd.sessions import sftp_command
+from stagebox.sftpd.sessions import HEADER_MAX, SessionSocket, _header, _receive, sftp_command
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOu1"
 
@@ -30,6 +31,10 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOu1"
         ("scp -f /etc/passwd", "scp"),  # refused inside: outside the root
         (None, None),  # a shell
         ("", None),
+        (" ", None),
+        ("\t\n", None),
+        ("scp", "scp"),  # asyncssh's scp server says what is missing
+        ("scpx -t /", None),
         ("id", None),
         ("/bin/sh -c internal-sftp", None),
         ("sftp-serverx", None),
@@ -119,3 +124,86 @@ def test_the_relay_says_when_the_service_is_down(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("stagebox: the staging service is not reachable at ")
     assert proc.stderr.count("\n") == 1
+
+
+def test_a_relay_python_with_a_line_break_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("STAGEBOX_RELAY_PYTHON", "/usr/bin/python3\nssh-ed25519 AAAA other")
+    attrs = {"sftp_endpoint": "sshd", "sftp_socket": "/run/s.sock", "sftp_root": "/s"}
+    with pytest.raises(ConfigError, match="STAGEBOX_RELAY_PYTHON: a path cannot hold"):
+        line(attrs, "uuid-1", KEY, "alice", 7)
+
+
+def _sent(header: bytes) -> tuple[bytes, list[int]]:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        reading, writing = os.pipe()
+        streams = [reading, writing, writing]
+
+        def send() -> None:
+            socket.send_fds(theirs, [header], streams)
+            theirs.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            return _receive(ours, 10)
+        finally:
+            sender.join()
+            os.close(reading)
+            os.close(writing)
+
+
+def test_a_long_command_reaches_the_service_whole() -> None:
+    command = "scp -t " + "d/" * 50_000
+    header = json.dumps({"v": 1, "request": 3, "command": command}).encode() + b"\n"
+    data, fds = _sent(header)
+    try:
+        assert len(fds) == 3
+        assert _header(data, fds)["command"] == command
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        (b'{"v": 1, "request": 3}', "ended early"),
+        (b'{"v": 1, "request": "3"}\n', "names no request"),
+        (b'{"v": 1, "request": 3, "command": 7}\n', "command is not text"),
+        (b'{"v": 1, "request": 3, "command": "' + b"x" * HEADER_MAX + b'"}\n', "is over"),
+    ],
+)
+def test_a_header_that_breaks_a_rule_is_named(header: bytes, why: str) -> None:
+    data, fds = _sent(header)
+    try:
+        with pytest.raises(ValueError, match=why):
+            _header(data, fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _socket_at(path: Path) -> SessionSocket:
+    return SessionSocket(endpoint=None, path=path, staging_user="no-such-account")  # type: ignore[arg-type]
+
+
+def test_the_socket_goes_only_where_no_one_else_can_swap_it(tmp_path: Path) -> None:
+    import asyncio
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError, match=f"{shared} is writable by its group or others"):
+        asyncio.run(_socket_at(shared / "s.sock").start())
+    assert not (shared / "s.sock").exists()
+
+
+def test_a_file_at_the_socket_path_is_left_alone(tmp_path: Path) -> None:
+    import asyncio
+
+    other = tmp_path / "s.sock"
+    other.write_text("not ours")
+    with pytest.raises(ConfigError, match=f"{other} exists and is not a socket"):
+        asyncio.run(_socket_at(other).start())
+    assert other.read_text() == "not ours"

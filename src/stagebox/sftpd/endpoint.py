@@ -23,9 +23,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncssh
+from asyncssh.channel import SSHChannel
+from asyncssh.stream import SSHServerStreamSession
 from sqlalchemy import select
 
 from stagebox import ssh
@@ -39,7 +41,7 @@ from stagebox.server.services.context import ServerContext
 from stagebox.sftpd import catalog
 from stagebox.sftpd.catalog import Login
 from stagebox.sftpd.fs import Files, Limits, UploaderSFTP, hash_rest
-from stagebox.sftpd.sessions import Session, SessionSocket
+from stagebox.sftpd.sessions import ONLY, SFTP_VERSION, Session, SessionSocket
 from stagebox.storage import LocalBackend
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,32 @@ def write_host_key(path: Path) -> asyncssh.SSHKey:
     return key
 
 
+class _Streams(SSHServerStreamSession[bytes]):
+    """asyncssh's session for SFTP and SCP, reading the client's next request only
+    once the replies before it have gone out (its servers write a reply without
+    waiting; see :class:`~stagebox.sftpd.sessions.Gated`, the same for sshd's)."""
+
+    async def read(self, datatype: int | None, n: int, exact: bool) -> bytes:
+        await self.drain(None)
+        return await super().read(datatype, n, exact)
+
+    async def readuntil(
+        self, separator: object, datatype: int | None, max_separator_len: int = 0
+    ) -> bytes:
+        await self.drain(None)
+        return await super().readuntil(separator, datatype, max_separator_len)
+
+
+def _refuse(
+    stdin: asyncssh.SSHReader[bytes],
+    stdout: asyncssh.SSHWriter[bytes],
+    stderr: asyncssh.SSHWriter[bytes],
+) -> None:
+    """A shell, a command or a subsystem other than SFTP and SCP: one line, exit 1."""
+    stderr.write(f"stagebox: {ONLY}\n".encode())
+    cast(asyncssh.SSHServerChannel[bytes], stdout.channel).exit(1)
+
+
 @dataclass
 class Sessions:
     """Live connections, for the per-uploader limit and the idle timeout."""
@@ -127,6 +155,9 @@ class Auth(asyncssh.SSHServer):
             sessions.live.discard(self)
             if self.who is not None:
                 sessions.by_uploader[self.who.uploader_id] -= 1
+
+    def session_requested(self) -> _Streams:
+        return _Streams(_refuse, self.endpoint._sftp, SFTP_VERSION, allow_scp=True)
 
     def begin_auth(self, username: str) -> bool:
         return True  # every login must authenticate
@@ -218,7 +249,7 @@ class Endpoint:
         assert self.host_key is not None
         return self.host_key.get_fingerprint("sha256")
 
-    def _sftp(self, chan: asyncssh.SSHServerChannel[bytes]) -> UploaderSFTP:
+    def _sftp(self, chan: SSHChannel[bytes]) -> UploaderSFTP:
         owner = chan.get_connection().get_owner()
         assert isinstance(owner, Auth) and owner.who is not None
         return self.sftp_server(chan, owner.who, owner.touch)
@@ -258,8 +289,7 @@ class Endpoint:
             port,
             server_host_keys=[self.host_key],
             server_factory=lambda: Auth(self),
-            sftp_factory=self._sftp,
-            allow_scp=True,
+            encoding=None,
             allow_pty=False,
             agent_forwarding=False,
             x11_forwarding=False,

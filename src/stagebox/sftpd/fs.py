@@ -597,12 +597,21 @@ class UploaderSFTP(asyncssh.SFTPServer):
             tracker = self.files.take_finished(st)
         digests = tracker.complete(upload.size) if tracker is not None else None
         if digests is None:
-            digests = await asyncio.to_thread(self._hash_rest, key, tracker)
+            digests = await self._busy(self._hash_rest, key, tracker)
         identity = self.box.identity(key)
         staged = await self._catalog(catalog.record_staged, upload.replica_id, digests, identity)
         if staged:
             log.info("sftp %s: %s staged, %d bytes", self.who.name, key, upload.size)
         return bool(staged)
+
+    async def _busy(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a worker thread, the session not idle while it runs (reading
+        back a big file written out of order takes a while)."""
+        task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        while not task.done():
+            self._touch()
+            await asyncio.wait({task}, timeout=1.0)
+        return task.result()
 
     def _hash_rest(self, key: str, tracker: Tracker | None) -> dict[str, str]:
         hasher = tracker.hasher if tracker is not None else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import sys
 
 USAGE = "usage: stagebox sftp-session --socket PATH REQUEST_ID"
@@ -25,6 +26,11 @@ def _parse(argv: list[str]) -> tuple[str, int] | None:
     if len(argv) != 3 or argv[0] != "--socket" or not argv[2].isdigit():
         return None
     return argv[1], int(argv[2])
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
 
 
 def main(argv: list[str]) -> int:
@@ -41,6 +47,11 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
+        served_by = _peer_uid(sock)
+        owner = os.stat(path).st_uid
+        if served_by not in (0, owner):
+            sys.stderr.write(f"stagebox: {path} is served by uid {served_by}, not its owner\n")
+            return 1
         socket.send_fds(sock, [header + b"\n"], [0, 1, 2])
     except OSError as exc:
         why = exc.strerror or exc
