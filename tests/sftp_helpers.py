@@ -22,6 +22,30 @@ tree = make_tree  # the sftp tests' name for it
 BOX = "sftp-staging"
 
 
+def as_legacy_openssh(attributes: dict) -> dict:
+    """An sftp box's attributes as a box added before the openssh endpoint (sshd's
+    internal-sftp, one shared account) was retired for new boxes had them: the
+    server still serves such a box, so its paths are still tested."""
+    legacy = {k: v for k, v in attributes.items() if k != "sftp_socket"}
+    return {**legacy, "sftp_endpoint": "openssh"}
+
+
+def make_legacy_openssh(data_dir: Path, box: str) -> None:
+    """The catalog's box ``box`` turned into one added before the retirement."""
+    import sqlite3
+
+    conn = sqlite3.connect(data_dir / "catalog.db", timeout=30)
+    try:
+        (attributes,) = conn.execute(
+            "SELECT attributes FROM storage_boxes WHERE name = ?", (box,)
+        ).fetchone()
+        legacy = json.dumps(as_legacy_openssh(json.loads(attributes)))
+        conn.execute("UPDATE storage_boxes SET attributes = ? WHERE name = ?", (legacy, box))
+        conn.commit()
+    finally:
+        conn.close()
+
+
 @dataclass
 class Machine:
     """One uploader installation: its token, config dir (key, known_hosts) and journal."""

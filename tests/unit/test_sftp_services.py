@@ -15,6 +15,7 @@ from stagebox.errors import Forbidden, InvalidInput
 from stagebox.server.db.models import Base, Replica, ReplicaState
 from stagebox.server.schemas import DatafileRegister
 from stagebox.server.services import boxes, datafiles, registrations, uploaders, verify
+from tests.sftp_helpers import as_legacy_openssh
 
 S = ReplicaState
 
@@ -34,6 +35,7 @@ def sftp_box(ctx, tmp_path):
             sftp_host="127.0.0.1",
             sftp_user="stagebox-sftp",
         )
+        box.attributes = as_legacy_openssh(box.attributes)
         return box.name
 
 
@@ -195,6 +197,16 @@ def test_switching_method_discards_the_other_ways_bytes(ctx, approved) -> None:
         ),
         ({"role": "staging", "path": "/x/../y"}, "path"),
         ({"role": "staging", "backend": "ftp", "path": "/x"}, "backend"),
+        (
+            {
+                "role": "staging",
+                "path": "/x",
+                "sftp_host": "h",
+                "sftp_user": "u",
+                "sftp_endpoint": "openssh",
+            },
+            "sftp_endpoint",
+        ),
     ],
 )
 def test_box_rules(ctx, options, field) -> None:
@@ -251,7 +263,7 @@ def split_ctx(tmp_path):
     ctx.runner = runner
     with ctx.catalog.session() as s:
         uploader, _ = uploaders.add_uploader(s, "bob")
-        boxes.add_box(
+        box = boxes.add_box(
             s,
             "stage",
             role="staging",
@@ -259,6 +271,7 @@ def split_ctx(tmp_path):
             sftp_host="127.0.0.1",
             sftp_user="stagebox-sftp",
         )
+        box.attributes = as_legacy_openssh(box.attributes)
         request = registrations.file_request(s, uploader, public_key())
         registrations.approve(s, request.id, "stage")
     yield ctx, uploader

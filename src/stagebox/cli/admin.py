@@ -136,8 +136,8 @@ def box_add(
     sftp_endpoint: Annotated[
         str | None,
         typer.Option(
-            help="who serves it: stagebox (stagebox sftp-serve), sshd (OpenSSH's sshd "
-            "handing sessions to stagebox sftp-serve) or openssh (sshd's internal-sftp)"
+            help="who serves it: sshd (the default: OpenSSH's sshd handing each session "
+            "to stagebox serve --sftp-sessions) or stagebox (its own SSH, --sftp-port)"
         ),
     ] = None,
     sftp_socket: Annotated[
@@ -169,35 +169,7 @@ def box_add(
             region=region,
         )
         public = boxes.public(box)
-    for warning in _staging_warnings(public):
-        typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"added box {public['name']}", err=True)
-
-
-SHARED_ACCOUNT = (
-    "box {name}: sftp_endpoint openssh (internal-sftp, one shared staging account) lets every "
-    "approved uploader read and overwrite the others' staged files; prefer --sftp-endpoint "
-    "sshd (README: Behind OpenSSH's sshd)"
-)
-
-
-def _staging_warnings(box: dict[str, Any]) -> list[str]:
-    """What the staging-host recipe asks of an sftp staging root, checked here."""
-    import stat
-
-    from stagebox.server.services.boxes import SERVED
-
-    if not box.get("sftp_host") or box.get("sftp_endpoint") in SERVED:
-        return []
-    st = Path(box["path"]).stat()
-    warnings = [SHARED_ACCOUNT.format(name=box["name"])]
-    if not st.st_mode & stat.S_ISGID:
-        warnings.append(
-            f"{box['path']} is not setgid (chmod 2770): uploads may not share its group"
-        )
-    if st.st_mode & 0o070 != 0o070:
-        warnings.append(f"{box['path']} is not group-writable: the staging account cannot write")
-    return warnings
 
 
 @box_app.command("list")

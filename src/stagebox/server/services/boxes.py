@@ -24,8 +24,16 @@ _REGION = re.compile(r"^[a-z0-9-]{2,32}$")
 # Linux's PATH_MAX less its NUL, and NAME_MAX: longer cannot be created.
 MAX_PATH = 4095
 MAX_NAME = 255
-# Who serves an sftp box: OpenSSH's sshd (the staging-host recipe) or `stagebox sftp-serve`.
+# Who serves an sftp box: stagebox itself, behind OpenSSH's sshd or with its own SSH;
+# ``openssh`` (sshd's internal-sftp, one staging account for every uploader) only
+# for a box added before it was retired, which the server still serves until its
+# uploads are done (README: Moving from the OpenSSH staging host).
 ENDPOINTS = ("openssh", "sshd", "stagebox")
+RETIRED = (
+    "openssh (sshd's internal-sftp, one staging account for every uploader) is retired "
+    "for new boxes: each uploader could read and overwrite the others' staged files; "
+    "use sshd (sshd stays on the wire) or stagebox"
+)
 # Endpoints where stagebox serves the files (and hashes them as they arrive):
 # ``stagebox`` speaks SSH itself, ``sshd`` has OpenSSH's sshd hand it each session.
 SERVED = ("stagebox", "sshd")
@@ -104,9 +112,11 @@ def add_box(
         port = 22 if sftp_port is None else sftp_port
         if not 1 <= port <= 65535:
             raise InvalidInput("sftp_port", "must be between 1 and 65535", sftp_port)
-        endpoint = sftp_endpoint or "openssh"
-        if endpoint not in ENDPOINTS:
-            raise InvalidInput("sftp_endpoint", f"must be one of {', '.join(ENDPOINTS)}", endpoint)
+        endpoint = sftp_endpoint or "sshd"
+        if endpoint == "openssh":
+            raise InvalidInput("sftp_endpoint", RETIRED, endpoint)
+        if endpoint not in SERVED:
+            raise InvalidInput("sftp_endpoint", f"must be one of {', '.join(SERVED)}", endpoint)
         attributes.update(
             sftp_host=sftp_host,
             sftp_port=port,
