@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -53,6 +53,7 @@ class Machine:
     name: str
     token: str
     home: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def config(self) -> Path:
@@ -68,6 +69,7 @@ class Machine:
             "STAGEBOX_CONFIG_DIR": str(self.config),
             "STAGEBOX_STATE_DIR": str(self.home / "state"),
             "STAGEBOX_TOKEN": self.token,
+            **self.extra_env,
         }
 
 

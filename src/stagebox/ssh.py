@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import stat
 import threading
@@ -19,11 +20,13 @@ from collections.abc import Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import asyncssh
+from asyncssh.sftp import start_sftp_client
 
 from stagebox.errors import AuthError, ConfigError, ConnectionFailed, HostKeyError, TransportError
+from stagebox.sshpipes import PipeChannel, PipeReader, PipeWriter
 
 T = TypeVar("T")
 
@@ -102,6 +105,9 @@ class SshOptions:
     # The fingerprint the stagebox server says its sftp endpoint has: a first
     # contact that offers exactly it is checked, not merely trusted.
     host_key: str | None = None
+    # Who carries SFTP's SSH: "openssh" (its ssh, found on PATH), "asyncssh", or
+    # "auto" (ssh when there is one).
+    client: str = "auto"
 
 
 class HostKeys:
@@ -173,23 +179,215 @@ async def connect(target: SshTarget, options: SshOptions) -> asyncssh.SSHClientC
             options.connect_timeout * 2,
         )
     except asyncssh.HostKeyNotVerifiable:
-        offered = await _offered_key(target, options)
-        known = ", ".join(fingerprint(k) for k in trusted)
-        raise HostKeyError(
-            f"the host key of {host_pattern(target.host, target.port)} changed: "
-            f"{options.known_hosts} has {known}, the server offers {fingerprint(offered)}; "
-            "if the change is expected, remove the old line with "
-            f"ssh-keygen -R '{host_pattern(target.host, target.port)}' -f {options.known_hosts}"
-        ) from None
+        raise await _changed(target, options, trusted) from None
     except asyncssh.PermissionDenied as exc:
-        raise AuthError(
-            f"{target} refused key {options.key} ({exc.reason}); is the registration "
-            "approved (stagebox register --status)?"
-        ) from None
+        raise _refused(target, options, exc.reason) from None
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         raise ConnectionFailed(f"cannot connect to {target}: {describe(exc)}") from None
     coalesce_writes(conn)
     return conn
+
+
+async def _changed(
+    target: SshTarget, options: SshOptions, trusted: list[asyncssh.SSHKey]
+) -> HostKeyError:
+    offered = await _offered_key(target, options)
+    known = ", ".join(fingerprint(k) for k in trusted)
+    return HostKeyError(
+        f"the host key of {host_pattern(target.host, target.port)} changed: "
+        f"{options.known_hosts} has {known}, the server offers {fingerprint(offered)}; "
+        "if the change is expected, remove the old line with "
+        f"ssh-keygen -R '{host_pattern(target.host, target.port)}' -f {options.known_hosts}"
+    )
+
+
+def _refused(target: SshTarget, options: SshOptions, reason: str) -> AuthError:
+    return AuthError(
+        f"{target} refused key {options.key} ({reason}); is the registration "
+        "approved (stagebox register --status)?"
+    )
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+def openssh_client(choice: str) -> str | None:
+    """OpenSSH's ``ssh`` to carry SFTP, if ``choice`` (``auto``, ``openssh``,
+    ``asyncssh``) asks for it and there is one; None for asyncssh's own SSH."""
+    if choice == "asyncssh":
+        return None
+    found = shutil.which("ssh")
+    if found is None and choice == "openssh":
+        raise ConfigError("ssh = openssh, but there is no ssh on PATH")
+    return found
+
+
+async def start_sftp(
+    target: SshTarget, options: SshOptions
+) -> tuple[asyncssh.SFTPClient, Closable]:
+    """An SFTP client of ``target``, and what to close when done with it.
+
+    Through OpenSSH's ``ssh`` where there is one (its SSH is C: about a third of
+    the CPU a gigabyte costs asyncssh, whose per-packet Python work is the
+    client's limit against sshd's 32 KiB packets), else asyncssh's. Either way
+    the host key is checked against ``options.known_hosts`` first, the same way.
+    """
+    program = openssh_client(options.client)
+    if program is not None:
+        return await OpenSsh.start(program, target, options)
+    conn = await connect(target, options)
+    try:
+        sftp = await conn.start_sftp_client()
+    except (OSError, asyncssh.Error) as exc:
+        conn.close()
+        raise ConnectionFailed(f"{target}: no SFTP service: {describe(exc)}") from None
+    return sftp, conn
+
+
+class OpenSsh:
+    """``ssh -s sftp``, with asyncssh's SFTP client speaking over its pipes."""
+
+    READ_LIMIT = 1 << 20
+    STDERR_KEPT = 8192
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.done = asyncio.Event()
+        self.stderr = b""
+        self._draining = asyncio.ensure_future(self._drain_stderr())
+        self._reaping: asyncio.Future[None] | None = None
+
+    @classmethod
+    async def start(
+        cls, program: str, target: SshTarget, options: SshOptions
+    ) -> tuple[asyncssh.SFTPClient, OpenSsh]:
+        check_private_key(options.key)
+        trusted = await trusted_keys(target, options)  # a first contact recorded, or refused
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cls.argv(program, target, options),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=cls.READ_LIMIT,
+            )
+        except OSError as exc:
+            raise ConnectionFailed(f"cannot run {program}: {describe(exc)}") from None
+        self = cls(proc)
+        assert proc.stdin is not None and proc.stdout is not None
+        channel = PipeChannel(proc.stdin.is_closing, self._closed, self.done)
+        reader, writer = PipeReader(proc.stdout, channel), PipeWriter(proc.stdin, channel)
+        try:
+            sftp = await asyncio.wait_for(
+                start_sftp_client(
+                    cast(Any, self), asyncio.get_running_loop(), "strict",
+                    cast(Any, reader), cast(Any, writer), "utf-8", "strict", 3,
+                ),
+                options.connect_timeout * 2,
+            )  # fmt: skip
+        except (EOFError, OSError, asyncssh.Error, TimeoutError) as exc:
+            self.close()
+            await self.wait_closed()
+            raise await self._failure(target, options, trusted, exc) from None
+        return sftp, self
+
+    @staticmethod
+    def argv(program: str, target: SshTarget, options: SshOptions) -> list[str]:
+        def quoted(path: Path) -> str:
+            return '"' + str(path) + '"'
+
+        settings = {
+            "BatchMode": "yes",
+            "IdentitiesOnly": "yes",
+            "IdentityAgent": "none",
+            "IdentityFile": quoted(options.key),
+            "PubkeyAuthentication": "yes",
+            "PasswordAuthentication": "no",
+            "KbdInteractiveAuthentication": "no",
+            "UserKnownHostsFile": quoted(options.known_hosts),
+            "GlobalKnownHostsFile": "none",
+            "StrictHostKeyChecking": "yes",  # trusted_keys put the one it trusts there
+            "UpdateHostKeys": "no",
+            "CheckHostIP": "no",
+            "Ciphers": ",".join(CIPHERS),
+            "Compression": "no",
+            "ConnectTimeout": str(int(options.connect_timeout)),
+            "ServerAliveInterval": "15",
+            "ServerAliveCountMax": "4",
+            "ClearAllForwardings": "yes",
+            "ForwardAgent": "no",
+            "ForwardX11": "no",
+            "LogLevel": "ERROR",
+        }
+        argv = [program, "-F", "none", "-T", "-e", "none"]
+        for name, value in settings.items():
+            argv += ["-o", f"{name}={value}"]
+        return [*argv, "-p", str(target.port), "-l", target.user, "-s", target.host, "sftp"]
+
+    async def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        while chunk := await self.proc.stderr.read(4096):
+            self.stderr = (self.stderr + chunk)[-self.STDERR_KEPT :]
+
+    def _closed(self, status: int) -> None:
+        """asyncssh's client is done with the streams: end ssh's input, so it ends."""
+        self.close()
+
+    # for asyncssh's start_sftp_client, which runs the client's reading on "its connection"
+    def create_task(self, coro: Coroutine[Any, Any, T], logger: object = None) -> asyncio.Task[T]:
+        return asyncio.ensure_future(coro)
+
+    def close(self) -> None:
+        stdin = self.proc.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.close()
+        if self._reaping is None:
+            self._reaping = asyncio.ensure_future(self._reap())
+
+    async def _reap(self) -> None:
+        """ssh exits at the end of its input; one that does not within 10 s is killed."""
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+        await self._draining
+        self.done.set()
+
+    async def wait_closed(self) -> None:
+        self.close()
+        assert self._reaping is not None
+        await asyncio.shield(self._reaping)
+
+    async def _failure(
+        self,
+        target: SshTarget,
+        options: SshOptions,
+        trusted: list[asyncssh.SSHKey],
+        exc: BaseException,
+    ) -> Exception:
+        """What ssh said when the session did not start, in stagebox's terms."""
+        said = self.stderr.decode("utf-8", "replace")
+        lines = [line.strip() for line in said.splitlines() if line.strip()]
+        last = lines[-1] if lines else describe(exc) or f"ssh exited {self.proc.returncode}"
+        if "Host key verification failed" in said or "IDENTIFICATION HAS CHANGED" in said:
+            return await _changed(target, options, trusted)
+        if "Permission denied" in said:
+            return _refused(target, options, last.rsplit("(", 1)[-1].rstrip(").") or last)
+        for text, why in (
+            ("Connection refused", "connection refused"),
+            ("Could not resolve hostname", "name not resolved"),
+            ("timed out", "timed out"),
+        ):
+            if text in said:
+                return ConnectionFailed(f"cannot connect to {target}: {why}")
+        if "subsystem request failed" in said:
+            return ConnectionFailed(f"{target}: no SFTP service")
+        return ConnectionFailed(f"{target}: {last.removeprefix('stagebox: ')}")
 
 
 def coalesce_writes(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import struct
@@ -40,6 +41,7 @@ from tests.sftp_helpers import (
     asyncssh_run,
     complete,
     kill_mid_file_then_resume,
+    make_legacy_openssh,
     register_sftp,
     settled,
     tree,
@@ -744,16 +746,40 @@ def test_a_write_past_the_registered_size_is_refused(env: Endpoint, pair: Pair) 
     asyncssh_run(_as(env, pair.a, attempt))
 
 
+def logging_ssh(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A PATH whose ``ssh`` notes each run, then is OpenSSH's ssh."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "ssh-runs"
+    bin_dir.mkdir()
+    real = shutil.which("ssh")
+    wrapper = bin_dir / "ssh"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, log
+
+
+@pytest.mark.parametrize("client", ["openssh", "asyncssh"])
 def test_stagebox_client_uploads_through_the_endpoint(
-    env: Endpoint, machines: tuple[Machine, Machine], tmp_path: Path
+    env: Endpoint, machines: tuple[Machine, Machine], tmp_path: Path, client: str
 ) -> None:
+    """Either way SSH is carried (the ``ssh`` setting): OpenSSH's ssh, the default
+    where there is one, or asyncssh's."""
     machine = machines[0]
+    path, log = logging_ssh(tmp_path)
+    machine.extra_env = {**path, "STAGEBOX_SSH": client}
     files = {f"ds/f{i}.txt": os.urandom(100 + i) for i in range(30)}
     files["ds/big.bin"] = os.urandom(20 << 20)
     src = tree(tmp_path / "src", files)
-    rc, report, stderr = env.upload(machine, src, "--method", "sftp", *first_contact(env))
+    try:
+        rc, report, stderr = env.upload(machine, src, "--method", "sftp", *first_contact(env))
+    finally:
+        machine.extra_env = {}
     assert rc == 0, stderr
     assert report["totals"]["verified"] == len(files), report["totals"]
+    runs = log.read_text().splitlines() if log.exists() else []
+    if client == "openssh":
+        assert runs and all(run.endswith("-s 127.0.0.1 sftp") for run in runs), runs
+    else:
+        assert runs == []
     if env.kind == "stagebox":
         # The host key came with the approval: checked, no --accept-new-host-key needed.
         status = env.register(machine, "--status").stdout
@@ -914,6 +940,7 @@ def test_no_box_for_the_endpoint_is_one_line(tmp_path: Path, command: str) -> No
         check=True,
         capture_output=True,
     )  # fmt: skip
+    make_legacy_openssh(data, "old")  # served by sshd's internal-sftp, not by stagebox
     port_flag = "--sftp-port" if command == "serve" else "--port"
     proc = subprocess.run(
         stagebox_cmd(command, "--data-dir", str(data), port_flag, str(free_port())),

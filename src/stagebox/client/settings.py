@@ -47,6 +47,7 @@ KEYS = {
         Key("structure", "folder structure of the trees this machine uploads"),
         Key("method", "auto | sftp | http"),
         Key("cacert", "CA bundle to trust for TLS"),
+        Key("ssh", "SSH client for sftp: auto (OpenSSH's ssh if on PATH) | openssh | asyncssh"),
     )
 }
 

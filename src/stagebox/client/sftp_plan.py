@@ -44,6 +44,20 @@ def _approved(client: StageboxClient, key: Path) -> tuple[dict[str, Any] | None,
     return None, why
 
 
+SSH_CLIENTS = ("auto", "openssh", "asyncssh")
+
+
+def ssh_client() -> str:
+    """The ``ssh`` setting: who carries SFTP's SSH (``auto``: OpenSSH's ssh if found)."""
+    from stagebox.client import settings
+    from stagebox.errors import InvalidInput
+
+    chosen = settings.resolve("ssh", None) or "auto"
+    if chosen not in SSH_CLIENTS:
+        raise InvalidInput("ssh", f"must be {', '.join(SSH_CLIENTS)}", chosen)
+    return chosen
+
+
 def plan(
     client: StageboxClient,
     method: str,
@@ -79,6 +93,7 @@ def plan(
         known_hosts=known_hosts or identity.known_hosts_path(),
         accept_new_host_key=accept_new_host_key,
         host_key=sftp.get("host_key"),
+        client=ssh_client(),
     )
     # stagebox's own endpoint sets modes itself and refuses chmod; OpenSSH's needs them.
     modes = sftp.get("endpoint", "openssh") == "openssh"

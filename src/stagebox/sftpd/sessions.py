@@ -42,6 +42,7 @@ from asyncssh.sftp import run_sftp_server
 from stagebox.errors import ConfigError
 from stagebox.sftpd import catalog
 from stagebox.sftpd.catalog import Login
+from stagebox.sshpipes import PipeChannel, PipeReader, PipeWriter
 
 if TYPE_CHECKING:
     from stagebox.sftpd.endpoint import Endpoint
@@ -126,71 +127,6 @@ async def serve(
             sftp.exit()
 
 
-class _Channel:
-    """What asyncssh's SFTP and SCP servers ask of their channel."""
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self.logger = asyncssh.logging.logger.get_child("sftpd")
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def get_connection(self) -> None:
-        return None
-
-    def get_environment(self) -> dict[str, str]:
-        return {}
-
-    def is_closing(self) -> bool:
-        return self._session.out.is_closing()
-
-    def exit(self, status: int) -> None:
-        self._session.finish(status)
-
-    def abort(self) -> None:
-        self._session.finish(255)
-
-    def close(self) -> None:
-        self._session.finish(0)
-
-
-class _Reader:
-    def __init__(self, stream: asyncio.StreamReader, channel: _Channel) -> None:
-        self._stream = stream
-        self.channel = channel
-        self.logger = channel.logger
-        self.readexactly = stream.readexactly
-        self.readline = stream.readline
-
-    async def read(self, n: int = -1) -> bytes:
-        return await self._stream.read(n)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-
-class _Writer:
-    def __init__(self, stream: asyncio.StreamWriter, channel: _Channel) -> None:
-        self._stream = stream
-        self.channel = channel
-        self.logger = channel.logger
-        self.write = stream.write
-        self.drain = stream.drain
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def write_eof(self) -> None:
-        self.channel.close()
-
-    async def wait_closed(self) -> None:
-        return None
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-
 class _Pipe(asyncio.streams.FlowControlMixin):
     """A write pipe's protocol that says when the pipe is closed for good."""
 
@@ -220,7 +156,7 @@ class Session:
     def touch(self) -> None:
         self.last = time.monotonic()
 
-    async def open(self, fds: list[int]) -> tuple[_Reader, _Writer, _Writer]:
+    async def open(self, fds: list[int]) -> tuple[PipeReader, PipeWriter, PipeWriter]:
         """Take over the session's stdin, stdout and stderr: each descriptor leaves
         ``fds`` as it is taken, so the caller closes only what was not."""
         loop = asyncio.get_running_loop()
@@ -235,20 +171,22 @@ class Session:
             protocol = asyncio.StreamReaderProtocol(reader)
             self._input, _ = await loop.connect_read_pipe(lambda: protocol, files[0])
             files.pop(0)
-            channel = _Channel(self)
+            channel = PipeChannel(lambda: self.out.is_closing(), self.finish, self.done)
             writers = []
             while files:
                 transport, pipe = await loop.connect_write_pipe(_Pipe, files[0])
                 files.pop(0)
                 self._outputs.append((transport, pipe))
-                writers.append(_Writer(asyncio.StreamWriter(transport, pipe, None, loop), channel))
+                writers.append(
+                    PipeWriter(asyncio.StreamWriter(transport, pipe, None, loop), channel)
+                )
         except BaseException:
             for f in files:
                 f.close()
             await self.close(0)
             raise
         self.out = self._outputs[0][0]
-        return _Reader(reader, channel), writers[0], writers[1]
+        return PipeReader(reader, channel), writers[0], writers[1]
 
     def finish(self, status: int) -> None:
         """The session is over: remember the status (the first one given)."""

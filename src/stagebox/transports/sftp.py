@@ -67,7 +67,7 @@ class SftpTransport(Transport):
         self.options = options
         self.root = root.rstrip("/")  # this uploader's own staging directory
         self._depth = queue_depth
-        self._conn: asyncssh.SSHClientConnection | None = None
+        self._conn: ssh.Closable | None = None
         self._sftp: asyncssh.SFTPClient | None = None
         self._connecting: Future[asyncssh.SFTPClient] | None = None
         self._dirs: set[str] = set()
@@ -90,12 +90,7 @@ class SftpTransport(Transport):
         return self._sftp
 
     async def _connect(self) -> asyncssh.SFTPClient:
-        self._conn = await ssh.connect(self.target, self.options)
-        try:
-            sftp = await self._conn.start_sftp_client()
-        except (OSError, asyncssh.Error) as exc:
-            self._conn.close()
-            raise ConnectionFailed(f"{self.target}: no SFTP service: {ssh.describe(exc)}") from None
+        sftp, self._conn = await ssh.start_sftp(self.target, self.options)
         largest = sftp.limits.max_write_len
         if 0 < largest < self.chunk_size:
             self.chunk_size = largest
