@@ -26,7 +26,7 @@ import asyncssh
 from asyncssh.sftp import start_sftp_client
 
 from stagebox.errors import AuthError, ConfigError, ConnectionFailed, HostKeyError, TransportError
-from stagebox.sshpipes import PipeChannel, PipeReader, PipeWriter
+from stagebox.sshpipes import PipeChannel, PipeReader, PipeWriter, widen
 
 T = TypeVar("T")
 
@@ -278,6 +278,7 @@ class OpenSsh:
             raise ConnectionFailed(f"cannot run {program}: {describe(exc)}") from None
         self = cls(proc)
         assert proc.stdin is not None and proc.stdout is not None
+        widen(proc.stdin.transport.get_extra_info("pipe"))  # the uploads' way out
         channel = PipeChannel(proc.stdin.is_closing, self._closed, self.done)
         reader, writer = PipeReader(proc.stdout, channel), PipeWriter(proc.stdin, channel)
         try:

@@ -11,10 +11,31 @@ client (:func:`stagebox.ssh.start_sftp`), sshd's session for the server
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 from collections.abc import Callable
 from typing import Any
 
 import asyncssh
+
+
+PIPE_SIZE = 1 << 20  # Linux's pipe-max-size for an unprivileged account
+
+
+def widen(pipe: int | Any) -> None:
+    """Make a pipe (a descriptor, or a file object of one) hold PIPE_SIZE bytes
+    instead of Linux's 64 KiB, where it may.
+
+    Each SFTP write request is 256 KiB: through a 64 KiB pipe, every request took
+    four writes, four wake-ups of the reader and as many copies within asyncio's
+    buffer. 1 GiB through ``ssh`` into an sshd box (3 alternated runs): 9.0-9.8 s
+    and 7.8-8.4 CPU-s in the client before, 6.0-6.5 s and 5.0-5.5 CPU-s with both
+    pipes widened. A socket, a pipe already closed, or an account past its pipe
+    allowance keeps what it has.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        fd = pipe if isinstance(pipe, int) else pipe.fileno()
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 class PipeChannel:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import socket
+import sys
 from pathlib import Path
 
 import asyncssh
@@ -11,6 +15,7 @@ import pytest
 from stagebox import ssh
 from stagebox.client.sftp_plan import ssh_client
 from stagebox.errors import AuthError, ConfigError, ConnectionFailed, InvalidInput
+from stagebox.sshpipes import PIPE_SIZE, widen
 
 
 def test_the_ssh_setting_is_checked(monkeypatch, tmp_path: Path) -> None:
@@ -78,3 +83,38 @@ def test_what_ssh_said_becomes_one_error(
     with pytest.raises(error) as caught:
         asyncio.run(start())
     assert message in str(caught.value), caught.value
+
+
+def test_the_pipe_into_ssh_holds_a_megabyte(tmp_path: Path) -> None:
+    """A 256 KiB write request through Linux's default 64 KiB pipe takes four writes
+    and four wake-ups of ssh; the pipe stagebox writes the uploads into is widened."""
+    seen = tmp_path / "pipe size"
+    fake = tmp_path / "ssh"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f"{sys.executable} -c 'import fcntl; print(fcntl.fcntl(0, fcntl.F_GETPIPE_SZ))'"
+        f" > '{seen}'\nexit 255\n"
+    )
+    fake.chmod(0o755)
+    target = ssh.SshTarget("127.0.0.1", 2222, "u")
+
+    async def start() -> None:
+        await ssh.OpenSsh.start(str(fake), target, _options(tmp_path))
+
+    with pytest.raises(ConnectionFailed):
+        asyncio.run(start())
+    assert int(seen.read_text()) == PIPE_SIZE
+
+
+def test_widen_leaves_what_is_not_a_pipe_alone() -> None:
+    read, write = os.pipe()
+    left, right = socket.socketpair()
+    try:
+        widen(write)
+        assert fcntl.fcntl(read, fcntl.F_GETPIPE_SZ) == PIPE_SIZE
+        widen(left.fileno())  # a socket: no error, nothing changed
+    finally:
+        for fd in (read, write):
+            os.close(fd)
+        left.close()
+        right.close()

@@ -42,7 +42,7 @@ from asyncssh.sftp import run_sftp_server
 from stagebox.errors import ConfigError
 from stagebox.sftpd import catalog
 from stagebox.sftpd.catalog import Login
-from stagebox.sshpipes import PipeChannel, PipeReader, PipeWriter
+from stagebox.sshpipes import PipeChannel, PipeReader, PipeWriter, widen
 
 if TYPE_CHECKING:
     from stagebox.sftpd.endpoint import Endpoint
@@ -162,6 +162,7 @@ class Session:
         loop = asyncio.get_running_loop()
         files = []
         try:
+            widen(fds[0])  # the way the uploads come in
             for fd, mode in zip(fds, ("rb", "wb", "wb"), strict=True):
                 files.append(os.fdopen(fd, mode, 0))
         finally:
