@@ -18,7 +18,6 @@ from typing import Any
 
 import asyncssh
 
-
 PIPE_SIZE = 1 << 20  # Linux's pipe-max-size for an unprivileged account
 
 
