@@ -73,8 +73,8 @@ class GatedConnection(sqlite3.Connection):
                 raise sqlite3.OperationalError("database is locked")
             self._held = True
 
-    def _leave(self) -> None:
-        if self._held and not self.in_transaction:
+    def _leave(self, closed: bool = False) -> None:
+        if self._held and (closed or not self.in_transaction):
             self._held = False
             self._gate.release()
 
@@ -101,9 +101,7 @@ class GatedConnection(sqlite3.Connection):
         try:
             super().close()
         finally:
-            if self._held:
-                self._held = False
-                self._gate.release()
+            self._leave(closed=True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
